@@ -1,0 +1,119 @@
+"""The ``highwater`` command line: one entry point, each command delegating to the module that owns it.
+
+Imports happen inside commands so that ``highwater --help`` and light commands stay fast.
+
+Example:
+    $ highwater up && highwater produce --count 10000 && highwater run --until-end
+    $ highwater serve &
+    $ highwater features get card card-00001
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Highwater: streaming features and fraud scores from a Kafka log.")
+features_app = typer.Typer(no_args_is_help=True, help="Read online features over gRPC.")
+app.add_typer(features_app, name="features")
+
+
+@app.command()
+def up(
+    foreground: Annotated[bool, typer.Option(help="Stay attached; Ctrl-C stops the stack.")] = False,
+) -> None:
+    """Start the local stack (broker, schema registry, Redis) and wait until it is healthy."""
+    from highwater.stack.cli import stack_up
+
+    stack_up(foreground=foreground)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack and every process it started."""
+    from highwater.stack.cli import stack_down
+
+    stack_down()
+
+
+@app.command()
+def status() -> None:
+    """Show which local parts are running and healthy, and the pipeline's counters."""
+    from highwater.stack.cli import stack_status
+
+    stack_status()
+
+
+@app.command()
+def topics() -> None:
+    """Create the platform's topics (explicit configs) and register their schemas."""
+    from highwater.bootstrap import bootstrap_log
+    from highwater.settings import get_settings
+
+    created = bootstrap_log(get_settings())
+    typer.echo(f"created topics: {', '.join(created) or 'none (all existed)'}")
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(help="Synthetic transactions to produce.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same stream.")] = 7,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 means as fast as possible.")] = 0.0,
+    disorder_ms: Annotated[int, typer.Option(help="Most an on-time event is out of order, in ms.")] = 3_000,
+    late_share: Annotated[float, typer.Option(help="Share of events delivered far beyond lateness.")] = 0.002,
+    file: Annotated[Path | None, typer.Option(help="Produce a user's .jsonl or .csv file instead.")] = None,
+    topic: Annotated[str, typer.Option(help="Topic for --file.")] = "transactions",
+) -> None:
+    """Produce a seeded synthetic stream with fraud scenarios, or validate and produce a file."""
+    from streams.produce_cli import produce_command
+
+    produce_command(
+        count=count, seed=seed, rate=rate, disorder_ms=disorder_ms, late_share=late_share, file=file, topic=topic
+    )
+
+
+@app.command()
+def run(
+    until_end: Annotated[bool, typer.Option(help="Stop at the end of the log instead of tailing it.")] = False,
+) -> None:
+    """Run the feature stream job; resumes from committed offsets."""
+    from streams.job import run_job
+
+    run_job(until_end=until_end)
+
+
+@app.command()
+def serve() -> None:
+    """Serve FeatureService over gRPC (with reflection and health checking)."""
+    from serving.server import serve_forever
+
+    serve_forever()
+
+
+@features_app.command("get")
+def features_get(
+    entity: Annotated[str, typer.Argument(help="Entity, e.g. card or merchant.")],
+    entity_ids: Annotated[list[str], typer.Argument(help="One or more entity ids.")],
+    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="Feature(s); default all.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="ISO-8601 time; default the pipeline's clock.")] = None,
+) -> None:
+    """Read online features of entity ids over gRPC and print them as a table."""
+    from serving.cli import features_get_command
+
+    features_get_command(entity=entity, entity_ids=entity_ids, features=feature or [], as_of=as_of)
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="Synthetic transactions in the demo stream.")] = 50_000,
+) -> None:
+    """Run everything once on the embedded stack and print a short report."""
+    from highwater.demo import run_demo
+
+    run_demo(count=count)
+
+
+if __name__ == "__main__":
+    app()

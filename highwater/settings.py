@@ -1,0 +1,130 @@
+"""One typed settings object for every Highwater process.
+
+Values come from the environment (prefix ``HIGHWATER_``) or a ``.env`` file. The defaults describe the
+embedded local stack started by ``highwater up``; pointing the URLs at Redpanda, a Redis server or a
+ClickHouse server (as docker-compose does) needs no code change.
+
+Example:
+    >>> from highwater.settings import Settings
+    >>> s = Settings(broker_bootstrap="redpanda:9092")
+    >>> s.broker_bootstrap
+    'redpanda:9092'
+    >>> s.stream.max_out_of_orderness_ms
+    5000
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamSettings(BaseModel):
+    """Event-time and pipeline knobs of the stream job (``HIGHWATER_STREAM__<NAME>``)."""
+
+    max_out_of_orderness_ms: int = Field(
+        5_000, ge=0, description="D: watermark = highest event_time seen in a partition minus D."
+    )
+    allowed_lateness_ms: int = Field(
+        60_000,
+        ge=0,
+        description="L: an event older than its partition's watermark minus L is late and not applied online.",
+    )
+    consumer_group: str = Field("highwater-features", description="Kafka consumer group of the feature job.")
+    batch_size: int = Field(2_000, ge=1, description="Most records taken from one partition per poll.")
+    poll_timeout_ms: int = Field(100, ge=0, description="How long one poll may wait for records.")
+    partitions: int = Field(4, ge=1, description="Partitions of topics created by the topic admin.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of topics the admin creates.")
+    workers: int = Field(1, ge=1, description="Bytewax worker threads in the stream process.")
+
+
+class OnlineSettings(BaseModel):
+    """Online store behaviour (``HIGHWATER_ONLINE__<NAME>``)."""
+
+    retention_ms: int = Field(
+        24 * 3_600_000,
+        gt=0,
+        description="How far behind the event-time clock an as_of may be; older requests fail.",
+    )
+    ttl_ms: int = Field(
+        9 * 24 * 3_600_000,
+        gt=0,
+        description="Processing-time TTL of an entity's keys: idle entities expire after this long.",
+    )
+    generation: str = Field("g1", pattern=r"^[a-z0-9_-]+$", description="Key namespace of the live state.")
+
+
+class Settings(BaseSettings):
+    """Where every part lives and how the stream behaves."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HIGHWATER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    state_dir: Path = Field(Path(".highwater"), description="Local state: logs, pid files, registry data.")
+    broker_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap.servers.")
+    schema_registry_url: str = Field("http://127.0.0.1:18081", description="Confluent-compatible registry.")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Online store.")
+    clickhouse_dsn: str = Field(
+        "", description="Offline store DSN; empty means embedded chDB under the state dir."
+    )
+    vector_store_url: str = Field("embedded://", description="Weaviate URL, or embedded:// for the local one.")
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the gRPC server.")
+    grpc_target: str = Field("", description="Where clients dial; empty means grpc_host:grpc_port.")
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def broker_port(self) -> int:
+        """Port of the first bootstrap server (the local broker listens there)."""
+        return int(self.broker_bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def schema_registry_port(self) -> int:
+        """Port of the schema registry URL."""
+        return _port_of(self.schema_registry_url, 8081)
+
+    @property
+    def redis_port(self) -> int:
+        """Port of the Redis URL."""
+        return _port_of(self.redis_url, 6379)
+
+    @property
+    def effective_grpc_target(self) -> str:
+        """The address gRPC clients dial."""
+        return self.grpc_target or f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        """The ClickHouse DSN, defaulting to embedded chDB inside the state dir."""
+        return self.clickhouse_dsn or f"chdb://{self.state_dir / 'clickhouse'}"
+
+    def kafka_config(self, **extra: object) -> dict[str, object]:
+        """Base librdkafka configuration for this deployment, merged with ``extra``."""
+        config: dict[str, object] = {"bootstrap.servers": self.broker_bootstrap}
+        config.update(extra)
+        return config
+
+
+def _port_of(url: str, default: int) -> int:
+    port = urlsplit(url).port
+    return port if port is not None else default
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,94 @@
+"""Checks an event must pass before it is written to the log or applied by the stream.
+
+Two layers: the Avro schema (types, required fields) and the business rules the schema cannot say
+(non-negative finite amounts, three-letter currencies, coordinates on the globe, non-empty ids).
+Every error names the field it is about.
+
+Example:
+    >>> from schemas.validate import validate_event
+    >>> validate_event("transactions", {"transaction_id": "t1", "card_id": "c", "customer_id": "u",
+    ...     "merchant_id": "m", "amount": -1.0, "currency": "EUR", "event_time": 1})
+    ['amount: must be >= 0, got -1.0']
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fastavro.validation import ValidationError, validate
+
+from schemas.catalog import CATALOG, FRAUD_LABELS, TRANSACTIONS
+from schemas.codec import decode_schema
+
+Rule = Callable[[dict[str, Any]], list[str]]
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _non_empty(*fields: str) -> Rule:
+    def check(record: dict[str, Any]) -> list[str]:
+        return [f"{f}: must not be empty" for f in fields if isinstance(record.get(f), str) and not record[f]]
+
+    return check
+
+
+def _transaction_rules(record: dict[str, Any]) -> list[str]:
+    errors: list[str] = []
+    amount = record.get("amount")
+    if isinstance(amount, float | int) and not isinstance(amount, bool):
+        if not math.isfinite(amount):
+            errors.append(f"amount: must be finite, got {amount!r}")
+        elif amount < 0:
+            errors.append(f"amount: must be >= 0, got {amount!r}")
+    currency = record.get("currency")
+    if isinstance(currency, str) and not _CURRENCY.match(currency):
+        errors.append(f"currency: must be a 3-letter ISO 4217 code, got {currency!r}")
+    event_time = record.get("event_time")
+    if isinstance(event_time, int) and event_time <= 0:
+        errors.append(f"event_time: must be a positive epoch-millis timestamp, got {event_time}")
+    lat, lon = record.get("latitude"), record.get("longitude")
+    if isinstance(lat, float | int) and not -90 <= lat <= 90:
+        errors.append(f"latitude: must be within [-90, 90], got {lat}")
+    if isinstance(lon, float | int) and not -180 <= lon <= 180:
+        errors.append(f"longitude: must be within [-180, 180], got {lon}")
+    return errors
+
+
+def _label_rules(record: dict[str, Any]) -> list[str]:
+    label_time = record.get("label_time")
+    if isinstance(label_time, int) and label_time <= 0:
+        return [f"label_time: must be a positive epoch-millis timestamp, got {label_time}"]
+    return []
+
+
+_RULES: dict[str, list[Rule]] = {
+    TRANSACTIONS: [_non_empty("transaction_id", "card_id", "customer_id", "merchant_id"), _transaction_rules],
+    FRAUD_LABELS: [_non_empty("transaction_id", "card_id", "source"), _label_rules],
+}
+
+
+def validate_event(topic: str, record: dict[str, Any]) -> list[str]:
+    """All reasons ``record`` may not be written to ``topic``; empty when it is valid."""
+    try:
+        validate(record, decode_schema(topic), raise_errors=True)
+    except ValidationError as exc:
+        return [_schema_error(str(err)) for err in exc.errors] or [str(exc)]
+    errors: list[str] = []
+    for rule in _RULES.get(topic, []):
+        errors.extend(rule(record))
+    return errors
+
+
+def _schema_error(message: str) -> str:
+    # fastavro says "highwater.events.Transaction.amount is <x> of type <t> expected double"
+    field_path, sep, rest = message.partition(" is ")
+    if not sep:
+        return message
+    return f"{field_path.rsplit('.', 1)[-1]}: {rest}"
+
+
+def known_topic(topic: str) -> bool:
+    """Whether the platform has a schema for ``topic``."""
+    return topic in CATALOG.topics()

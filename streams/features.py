@@ -1,0 +1,168 @@
+"""Feature definitions: the one place that says what Highwater computes.
+
+A feature is an aggregation of one entity's applied events over an event-time window. The semantics
+(written out in ``docs/features.md``): a window feature of width W as of time T aggregates the entity's
+applied events with ``event_time`` in (T-W, T]; count and sum over no events are 0; max and avg over no
+events are null; ``seconds_since_last`` is T minus the latest event_time in the window, null if none.
+
+The stream job, the online store, the gRPC server and the tests all read these definitions; adding a
+feature is adding a line to ``FEATURES``.
+
+Example:
+    >>> from streams.features import REGISTRY
+    >>> f = REGISTRY.feature("card_amount_sum_1h")
+    >>> (f.entity, f.aggregation.value, f.field, f.window_ms)
+    ('card', 'sum', 'amount', 3600000)
+    >>> [e.name for e in REGISTRY.entities()]
+    ['card', 'merchant']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+
+TRANSACTIONS_TOPIC = "transactions"
+
+
+class Aggregation(str, Enum):
+    """How a feature folds the events of its window into one value."""
+
+    COUNT = "count"
+    SUM = "sum"
+    MAX = "max"
+    AVG = "avg"
+    DISTINCT_COUNT = "distinct_count"
+    SECONDS_SINCE_LAST = "seconds_since_last"
+
+    @property
+    def null_when_empty(self) -> bool:
+        """Whether the value over no events is null (otherwise it is 0)."""
+        return self not in (Aggregation.COUNT, Aggregation.SUM, Aggregation.DISTINCT_COUNT)
+
+    @property
+    def integral(self) -> bool:
+        """Whether values are whole numbers (served as int64)."""
+        return self in (Aggregation.COUNT, Aggregation.DISTINCT_COUNT)
+
+
+@dataclass(frozen=True)
+class Entity:
+    """Something features describe, keyed by one field of the source events."""
+
+    name: str
+    key_field: str
+    source_topic: str = TRANSACTIONS_TOPIC
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One aggregation of one entity's events over a trailing event-time window."""
+
+    name: str
+    entity: str
+    aggregation: Aggregation
+    window: timedelta
+    field: str | None = None
+    description: str = ""
+
+    @property
+    def window_ms(self) -> int:
+        """Window width in milliseconds."""
+        return int(self.window.total_seconds() * 1000)
+
+    def __post_init__(self) -> None:
+        needs_field = self.aggregation not in (Aggregation.COUNT, Aggregation.SECONDS_SINCE_LAST)
+        if needs_field and not self.field:
+            raise ValueError(f"feature {self.name}: aggregation {self.aggregation.value} needs a field")
+        if self.window <= timedelta(0):
+            raise ValueError(f"feature {self.name}: window must be positive")
+
+
+class FeatureRegistry:
+    """Lookup over entities and features, with the validation callers need."""
+
+    def __init__(self, entities: Iterable[Entity], features: Iterable[Feature]) -> None:
+        self._entities = {e.name: e for e in entities}
+        self._features: dict[str, Feature] = {}
+        for feature in features:
+            if feature.entity not in self._entities:
+                raise ValueError(f"feature {feature.name}: unknown entity {feature.entity!r}")
+            if feature.name in self._features:
+                raise ValueError(f"feature {feature.name} is defined twice")
+            self._features[feature.name] = feature
+
+    def entities(self) -> list[Entity]:
+        """All entities, in definition order."""
+        return list(self._entities.values())
+
+    def entity(self, name: str) -> Entity:
+        """The entity called ``name``; KeyError if there is none."""
+        return self._entities[name]
+
+    def feature(self, name: str) -> Feature:
+        """The feature called ``name``; KeyError if there is none."""
+        return self._features[name]
+
+    def features_of(self, entity: str) -> list[Feature]:
+        """The entity's features, in definition order."""
+        return [f for f in self._features.values() if f.entity == entity]
+
+    def fields_of(self, entity: str) -> list[str]:
+        """Event fields the entity's features read, in a stable order (the online payload layout)."""
+        fields: list[str] = []
+        for feature in self.features_of(entity):
+            if feature.field and feature.field not in fields:
+                fields.append(feature.field)
+        return fields
+
+    def max_window_ms(self, entity: str | None = None) -> int:
+        """Widest window of one entity's features (or of all features)."""
+        feats = self.features_of(entity) if entity else list(self._features.values())
+        return max(f.window_ms for f in feats)
+
+    def all_features(self) -> list[Feature]:
+        """Every feature, in definition order."""
+        return list(self._features.values())
+
+
+ENTITIES = [
+    Entity("card", key_field="card_id"),
+    Entity("merchant", key_field="merchant_id"),
+]
+
+_M5, _H1, _H24, _D7 = timedelta(minutes=5), timedelta(hours=1), timedelta(hours=24), timedelta(days=7)
+A = Aggregation
+
+FEATURES = [
+    Feature("card_txn_count_5m", "card", A.COUNT, _M5, description="Transactions in the last 5 minutes."),
+    Feature("card_txn_count_1h", "card", A.COUNT, _H1, description="Transactions in the last hour."),
+    Feature("card_txn_count_24h", "card", A.COUNT, _H24, description="Transactions in the last 24 hours."),
+    Feature("card_amount_sum_1h", "card", A.SUM, _H1, "amount", "Amount spent in the last hour."),
+    Feature("card_amount_sum_24h", "card", A.SUM, _H24, "amount", "Amount spent in the last 24 hours."),
+    Feature("card_amount_max_24h", "card", A.MAX, _H24, "amount", "Largest amount in the last 24 hours."),
+    Feature("card_amount_avg_7d", "card", A.AVG, _D7, "amount", "Mean amount over the last 7 days."),
+    Feature(
+        "card_distinct_merchants_24h",
+        "card",
+        A.DISTINCT_COUNT,
+        _H24,
+        "merchant_id",
+        "Distinct merchants in the last 24 hours.",
+    ),
+    Feature(
+        "card_seconds_since_last_txn",
+        "card",
+        A.SECONDS_SINCE_LAST,
+        _D7,
+        description="Seconds from the card's latest transaction (within 7 days) to the as-of time.",
+    ),
+    Feature("merchant_txn_count_1h", "merchant", A.COUNT, _H1, description="Transactions in the last hour."),
+    Feature(
+        "merchant_amount_sum_24h", "merchant", A.SUM, _H24, "amount", "Amount taken in the last 24 hours."
+    ),
+]
+
+REGISTRY = FeatureRegistry(ENTITIES, FEATURES)
