@@ -75,6 +75,11 @@ def validate_event(topic: str, record: dict[str, Any]) -> list[str]:
         validate(record, decode_schema(topic), raise_errors=True)
     except ValidationError as exc:
         return [_schema_error(str(err)) for err in exc.errors] or [str(exc)]
+    return business_rule_errors(topic, record)
+
+
+def business_rule_errors(topic: str, record: dict[str, Any]) -> list[str]:
+    """The rules the schema cannot express; enough on its own for records just decoded from Avro."""
     errors: list[str] = []
     for rule in _RULES.get(topic, []):
         errors.extend(rule(record))

@@ -30,8 +30,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import redis
 
 from highwater.settings import Settings
@@ -89,10 +87,6 @@ class RedisOnlineStore:
     def keep_ms(self) -> int:
         """How far behind its partition's clock an event is still kept."""
         return self._keep_ms
-
-    def payload(self, entity: str, fields: dict[str, Any]) -> tuple[str, ...]:
-        """The entity's feature fields of an event, in payload order."""
-        return tuple(_to_field(fields[name]) for name in self._registry.fields_of(entity))
 
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
@@ -174,9 +168,3 @@ class RedisOnlineStore:
     def counters(self) -> dict[str, int]:
         """Pipeline counters stored with the checkpoints (exact across restarts)."""
         return {k.decode(): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
-
-
-def _to_field(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)

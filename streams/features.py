@@ -19,10 +19,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from typing import Any
 
 TRANSACTIONS_TOPIC = "transactions"
 
@@ -55,6 +56,8 @@ class Entity:
     name: str
     key_field: str
     source_topic: str = TRANSACTIONS_TOPIC
+    event_id_field: str = "transaction_id"
+    time_field: str = "event_time"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,10 @@ class FeatureRegistry:
         """The feature called ``name``; KeyError if there is none."""
         return self._features[name]
 
+    def entities_of_topic(self, topic: str) -> list[Entity]:
+        """Entities whose features are computed from ``topic``'s events."""
+        return [e for e in self._entities.values() if e.source_topic == topic]
+
     def features_of(self, entity: str) -> list[Feature]:
         """The entity's features, in definition order."""
         return [f for f in self._features.values() if f.entity == entity]
@@ -118,6 +125,10 @@ class FeatureRegistry:
                 fields.append(feature.field)
         return fields
 
+    def payload_of(self, entity: str, event: Mapping[str, Any]) -> tuple[str, ...]:
+        """The fields the entity's features read from ``event``, as text (floats round-trip exactly)."""
+        return tuple(_as_text(event[name]) for name in self.fields_of(entity))
+
     def max_window_ms(self, entity: str | None = None) -> int:
         """Widest window of one entity's features (or of all features)."""
         feats = self.features_of(entity) if entity else list(self._features.values())
@@ -126,6 +137,10 @@ class FeatureRegistry:
     def all_features(self) -> list[Feature]:
         """Every feature, in definition order."""
         return list(self._features.values())
+
+
+def _as_text(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 ENTITIES = [

@@ -1,0 +1,187 @@
+"""The Bytewax sink that makes a batch of classified records durable, in a crash-safe order.
+
+For each batch: late records go to ``late-events`` and malformed ones to ``dead-letter`` (produced and
+flushed first, so none is lost); then the applied events, each partition's checkpoint (next offset and
+event-time high-water mark) and the counters are written to the online store in one atomic step; then
+the same offsets are committed to the consumer group, for lag monitoring.
+
+A crash before the online write re-reads the batch on restart: the online state does not double count
+(the write is atomic and idempotent by event id) and the counters move once; side-topic records of that
+batch may be produced twice, keyed ``topic:partition:offset`` so consumers can drop the repeat.
+
+Example:
+    >>> op.output("apply", classified, ApplySink(settings))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from highwater.settings import Settings
+from schemas.catalog import DEAD_LETTER, LATE_EVENTS
+from schemas.serde import AvroSerde
+from sinks.online import AppliedEvent, OnlineStore, PartitionCheckpoint, WriteBatch
+from sinks.redis_online import RedisOnlineStore
+from streams.event_time import Classified, Fate
+from streams.features import REGISTRY, FeatureRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _DeliveryTracker:
+    failures: list[str] = field(default_factory=list)
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err.str()}")
+
+
+class RoutedRecords:
+    """Produces late and malformed records to their topics, with provenance and reason."""
+
+    def __init__(self, settings: Settings, serde: AvroSerde) -> None:
+        self._serde = serde
+        self._producer = Producer(
+            settings.kafka_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        )
+        self._delivery = _DeliveryTracker()
+        self._pending = 0
+
+    def route(self, item: Classified) -> None:
+        """Queue ``item`` for its side topic."""
+        raw = item.raw
+        key = f"{raw.topic}:{raw.partition}:{raw.offset}".encode()
+        if item.fate is Fate.LATE:
+            assert item.event is not None and item.watermark_ms is not None
+            record = {
+                "reason": item.reason,
+                "source_topic": raw.topic,
+                "source_partition": raw.partition,
+                "source_offset": raw.offset,
+                "event_time": int(item.event["event_time"]),
+                "watermark": item.watermark_ms,
+                "lateness_ms": item.lateness_ms,
+                "original": raw.value or b"",
+            }
+            topic = LATE_EVENTS
+        else:
+            record = {
+                "error_type": item.error_type,
+                "error": item.reason,
+                "source_topic": raw.topic,
+                "source_partition": raw.partition,
+                "source_offset": raw.offset,
+                "original_key": raw.key,
+                "original": raw.value,
+            }
+            topic = DEAD_LETTER
+        value = self._serde.encode(topic, record)
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._pending += 1
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged; raise if any was not."""
+        if self._pending == 0:
+            return
+        remaining = self._producer.flush(timeout)
+        self._pending = 0
+        if remaining or self._delivery.failures:
+            failures, self._delivery.failures = self._delivery.failures, []
+            raise RuntimeError(
+                f"side-topic delivery failed ({remaining} unacknowledged): {'; '.join(failures[:5])}"
+            )
+
+
+class _ApplyPartition(StatelessSinkPartition[Classified]):
+    def __init__(
+        self,
+        settings: Settings,
+        store: OnlineStore,
+        registry: FeatureRegistry,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._routed = RoutedRecords(settings, AvroSerde(settings.schema_registry_url))
+        self._committer = Consumer(
+            settings.kafka_config(
+                **{"group.id": settings.stream.consumer_group, "enable.auto.commit": False}
+            )
+        )
+        self._progress = progress
+
+    def write_batch(self, items: list[Classified]) -> None:
+        batch = WriteBatch()
+        last: dict[tuple[str, int], Classified] = {}
+        for item in items:
+            last[(item.raw.topic, item.raw.partition)] = item
+            if item.fate is Fate.APPLIED:
+                assert item.event is not None
+                batch.events.extend(self._entity_events(item))
+                counter = "applied"
+            else:
+                self._routed.route(item)
+                counter = "late" if item.fate is Fate.LATE else f"malformed:{item.error_type}"
+            batch.counters[counter] = batch.counters.get(counter, 0) + 1
+        self._routed.flush()
+        batch.checkpoints = [
+            PartitionCheckpoint(topic, partition, item.raw.offset + 1, item.max_event_time_ms)
+            for (topic, partition), item in last.items()
+        ]
+        self._store.write(batch)
+        self._committer.commit(
+            offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in batch.checkpoints],
+            asynchronous=True,
+        )
+        if self._progress is not None:
+            self._progress(len(items))
+
+    def _entity_events(self, item: Classified) -> list[AppliedEvent]:
+        event = item.event
+        assert event is not None
+        out = []
+        for entity in self._registry.entities_of_topic(item.raw.topic):
+            fields = self._registry.payload_of(entity.name, event)
+            out.append(
+                AppliedEvent(
+                    entity.name,
+                    str(event[entity.key_field]),
+                    str(event[entity.event_id_field]),
+                    int(event[entity.time_field]),
+                    fields,
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        self._routed.flush()
+        self._committer.close()
+
+
+class ApplySink(DynamicSink[Classified]):
+    """Applies classified records to the online store and routes the rest (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: FeatureRegistry = REGISTRY,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._progress = progress
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ApplyPartition:
+        store = RedisOnlineStore.from_settings(self._settings)
+        return _ApplyPartition(self._settings, store, self._registry, self._progress)
