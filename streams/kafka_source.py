@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -34,26 +35,50 @@ class PartitionRange:
     end: int | None
 
 
+def log_end_offsets(settings: Settings, topic: str, wait_s: float = 5.0) -> dict[int, tuple[int, int]]:
+    """Each partition's (low, high) offsets, with ``high`` taken from the first fetch response.
+
+    Tansu 0.6 answers ListOffsets(latest) with a wrong offset (always 1), while the high watermark in
+    its fetch responses is right; reading it from a fetch works on every broker.
+    """
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
+    )
+    try:
+        partitions = partitions_of(settings, topic)
+        lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[0] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, lows[p]) for p in partitions])
+        ends: dict[int, tuple[int, int]] = {}
+        deadline = time.monotonic() + wait_s
+        while len(ends) < len(partitions):
+            if time.monotonic() > deadline:
+                missing = sorted(set(partitions) - set(ends))
+                raise TimeoutError(f"{topic}: no fetch response for partitions {missing} within {wait_s} s")
+            consumer.poll(0.05)
+            for p in partitions:
+                high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                if high >= 0:  # -1001 until the first fetch response for the partition
+                    ends[p] = (lows[p], high)
+        return ends
+    finally:
+        consumer.close()
+
+
 def read_ranges(
     settings: Settings, topic: str, start: dict[int, int], until_end: bool
 ) -> dict[int, PartitionRange]:
     """Each partition's start offset (stored position or the beginning) and end (high watermark)."""
-    consumer = Consumer(settings.kafka_config(**{"group.id": settings.stream.consumer_group}))
-    try:
-        ranges: dict[int, PartitionRange] = {}
-        for partition in partitions_of(settings, topic):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
-            begin = start.get(partition, low)
-            if begin > high:
-                raise LogResetError(
-                    f"{topic}:{partition}: the online store's checkpoint is at offset {begin} but the log "
-                    f"ends at {high}; the log was recreated. Flush the online store (or use a new "
-                    f"generation) and rebuild it from the log."
-                )
-            ranges[partition] = PartitionRange(max(begin, low), high if until_end else None)
-        return ranges
-    finally:
-        consumer.close()
+    ranges: dict[int, PartitionRange] = {}
+    for partition, (low, high) in log_end_offsets(settings, topic).items():
+        begin = start.get(partition, low)
+        if begin > high:
+            raise LogResetError(
+                f"{topic}:{partition}: the online store's checkpoint is at offset {begin} but the log "
+                f"ends at {high}; the log was recreated. Flush the online store (or use a new "
+                f"generation) and rebuild it from the log."
+            )
+        ranges[partition] = PartitionRange(max(begin, low), high if until_end else None)
+    return ranges
 
 
 class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
