@@ -29,7 +29,7 @@ def _strip_logical_types(node: Any) -> Any:
 
 def parse_for_decoding(schema_text: str) -> Any:
     """A fastavro parsed schema from Avro JSON text, with timestamps left as longs."""
-    return fastavro.parse_schema(_strip_logical_types(json.loads(schema_text)), _write_hint=False)
+    return fastavro.parse_schema(_strip_logical_types(json.loads(schema_text)))
 
 
 @lru_cache(maxsize=None)

@@ -68,6 +68,7 @@ class AvroSerde:
         self._writer_ids: dict[tuple[str, str], int] = {}
         self._writers: dict[str, Any] = {}
         self._by_id: dict[int, Any] = {}
+        self._resolve: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
 
     # --- encoding -----------------------------------------------------------------------------------
@@ -117,6 +118,17 @@ class AvroSerde:
             self._by_id[schema_id] = parsed
             return parsed
 
+    def _reader_for(self, schema_id: int, topic: str, writer: Any) -> Any:
+        """The reader schema to resolve to, or None when the writer schema already is it.
+
+        Resolution is several times slower than a plain read, so it is skipped when not needed.
+        """
+        key = (schema_id, topic)
+        if key not in self._resolve:
+            reader = decode_schema(topic)
+            self._resolve[key] = None if reader == writer else reader
+        return self._resolve[key]
+
     def decode(self, topic: str, value: bytes | None) -> dict[str, Any]:
         """The event in ``value``, resolved to the topic's current reader schema."""
         if value is None or len(value) < _HEADER.size:
@@ -125,10 +137,11 @@ class AvroSerde:
         if magic != MAGIC_BYTE:
             raise UndecodableRecord(f"magic byte is {magic}, expected {MAGIC_BYTE} (not Confluent framing)")
         writer = self.writer_schema(schema_id)
+        reader = self._reader_for(schema_id, topic, writer)
         buf = io.BytesIO(value)
         buf.seek(_HEADER.size)
         try:
-            record: dict[str, Any] = fastavro.schemaless_reader(buf, writer, decode_schema(topic))
+            record: dict[str, Any] = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise UndecodableRecord(f"Avro body does not match schema id {schema_id}: {exc!r}") from exc
         if buf.tell() != len(value):

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +23,15 @@ from schemas.catalog import CATALOG, FRAUD_LABELS, TRANSACTIONS
 from schemas.codec import decode_schema
 
 Rule = Callable[[dict[str, Any]], list[str]]
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 def _non_empty(*fields: str) -> Rule:
     def check(record: dict[str, Any]) -> list[str]:
-        return [f"{f}: must not be empty" for f in fields if isinstance(record.get(f), str) and not record[f]]
+        errors = []
+        for f in fields:
+            if record.get(f) == "":
+                errors.append(f"{f}: must not be empty")
+        return errors
 
     return check
 
@@ -37,21 +39,21 @@ def _non_empty(*fields: str) -> Rule:
 def _transaction_rules(record: dict[str, Any]) -> list[str]:
     errors: list[str] = []
     amount = record.get("amount")
-    if isinstance(amount, float | int) and not isinstance(amount, bool):
+    if type(amount) is float or type(amount) is int:
         if not math.isfinite(amount):
             errors.append(f"amount: must be finite, got {amount!r}")
         elif amount < 0:
             errors.append(f"amount: must be >= 0, got {amount!r}")
     currency = record.get("currency")
-    if isinstance(currency, str) and not _CURRENCY.match(currency):
+    if type(currency) is str and not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
         errors.append(f"currency: must be a 3-letter ISO 4217 code, got {currency!r}")
     event_time = record.get("event_time")
-    if isinstance(event_time, int) and event_time <= 0:
+    if type(event_time) is int and event_time <= 0:
         errors.append(f"event_time: must be a positive epoch-millis timestamp, got {event_time}")
     lat, lon = record.get("latitude"), record.get("longitude")
-    if isinstance(lat, float | int) and not -90 <= lat <= 90:
+    if lat is not None and type(lat) in (float, int) and not -90 <= lat <= 90:
         errors.append(f"latitude: must be within [-90, 90], got {lat}")
-    if isinstance(lon, float | int) and not -180 <= lon <= 180:
+    if lon is not None and type(lon) in (float, int) and not -180 <= lon <= 180:
         errors.append(f"longitude: must be within [-180, 180], got {lon}")
     return errors
 

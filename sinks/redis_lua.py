@@ -12,18 +12,22 @@ to Redis' integer conversion of Lua numbers.
 
 APPLY_BATCH = r"""
 -- KEYS: checkpoints hash, clock string, counters hash, then (events zset, payload hash) per event
--- ARGV: ttl_ms, n_events, [event_id, event_time, payload, trim_before] * n_events,
+-- ARGV: ttl_ms, trim_before, n_events, [event_id, event_time, payload] * n_events,
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
 local ttl = ARGV[1]
-local n_events = tonumber(ARGV[2])
-local a = 3
+local trim = ARGV[2]
+local trim_n = tonumber(trim)
+local n_events = tonumber(ARGV[3])
+local a = 4
 local duplicates = 0
 local applied = 0
+local touched = {}
+local touched_order = {}
 for i = 1, n_events do
   local zkey, hkey = KEYS[3 + 2 * i - 1], KEYS[3 + 2 * i]
-  local event_id, event_time, payload, trim = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  a = a + 4
-  if tonumber(event_time) >= tonumber(trim) then
+  local event_id, event_time, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
+  if tonumber(event_time) >= trim_n then
     if redis.call('HSETNX', hkey, event_id, payload) == 1 then
       redis.call('ZADD', zkey, event_time, event_id)
       applied = applied + 1
@@ -31,6 +35,14 @@ for i = 1, n_events do
       duplicates = duplicates + 1
     end
   end
+  if not touched[zkey] then
+    touched[zkey] = true
+    touched_order[#touched_order + 1] = {zkey, hkey}
+  end
+end
+-- Once per touched entity: drop events older than the trim horizon, refresh the TTL.
+for _, pair in ipairs(touched_order) do
+  local zkey, hkey = pair[1], pair[2]
   local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. trim, 'LIMIT', 0, 1000)
   if #old > 0 then
     redis.call('HDEL', hkey, unpack(old))

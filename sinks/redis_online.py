@@ -95,16 +95,14 @@ class RedisOnlineStore:
             (c.max_event_time_ms for c in batch.checkpoints if c.max_event_time_ms is not None), default=None
         )
         keys: list[str] = [self.keys.checkpoints, self.keys.clock, self.keys.counters]
-        args: list[str | int] = [self._ttl_ms, len(batch.events)]
         # Trimming by the batch's highest partition clock is safe: reads never reach below
         # clock - retention - longest window, and keep_ms is larger than that span.
         trim = (partition_max - self._keep_ms) if partition_max is not None else 0
+        args: list[str | int] = [self._ttl_ms, trim, len(batch.events)]
         for event in batch.events:
             keys.append(self.keys.events(event.entity, event.entity_id))
             keys.append(self.keys.payloads(event.entity, event.entity_id))
-            args.extend(
-                (event.event_id, event.event_time_ms, FIELD_SEPARATOR.join(event.fields), trim)
-            )
+            args.extend((event.event_id, event.event_time_ms, FIELD_SEPARATOR.join(event.fields)))
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:
             max_time = "" if ckpt.max_event_time_ms is None else str(ckpt.max_event_time_ms)

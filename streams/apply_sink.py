@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -120,6 +121,10 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             )
         )
         self._progress = progress
+        # One write in flight: Redis applies batch N while Python classifies batch N+1. Writes stay in
+        # order (one worker thread), and each batch's side-topic records are flushed before it is submitted.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
+        self._inflight: Future[None] | None = None
 
     def write_batch(self, items: list[Classified]) -> None:
         batch = WriteBatch()
@@ -139,13 +144,22 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             PartitionCheckpoint(topic, partition, item.raw.offset + 1, item.max_event_time_ms)
             for (topic, partition), item in last.items()
         ]
+        self._wait_inflight()
+        self._inflight = self._writer.submit(self._persist, batch, len(items))
+
+    def _persist(self, batch: WriteBatch, records: int) -> None:
         self._store.write(batch)
         self._committer.commit(
             offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in batch.checkpoints],
             asynchronous=True,
         )
         if self._progress is not None:
-            self._progress(len(items))
+            self._progress(records)
+
+    def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            self._inflight.result()
+            self._inflight = None
 
     def _entity_events(self, item: Classified) -> list[AppliedEvent]:
         event = item.event
@@ -166,6 +180,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
 
     def close(self) -> None:
         self._routed.flush()
+        self._wait_inflight()
+        self._writer.shutdown()
         self._committer.close()
 
 

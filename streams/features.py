@@ -96,6 +96,10 @@ class FeatureRegistry:
             if feature.name in self._features:
                 raise ValueError(f"feature {feature.name} is defined twice")
             self._features[feature.name] = feature
+        self._fields = {name: self._collect_fields(name) for name in self._entities}
+        self._by_topic: dict[str, list[Entity]] = {}
+        for entity in self._entities.values():
+            self._by_topic.setdefault(entity.source_topic, []).append(entity)
 
     def entities(self) -> list[Entity]:
         """All entities, in definition order."""
@@ -111,7 +115,7 @@ class FeatureRegistry:
 
     def entities_of_topic(self, topic: str) -> list[Entity]:
         """Entities whose features are computed from ``topic``'s events."""
-        return [e for e in self._entities.values() if e.source_topic == topic]
+        return self._by_topic.get(topic, [])
 
     def features_of(self, entity: str) -> list[Feature]:
         """The entity's features, in definition order."""
@@ -119,6 +123,9 @@ class FeatureRegistry:
 
     def fields_of(self, entity: str) -> list[str]:
         """Event fields the entity's features read, in a stable order (the online payload layout)."""
+        return self._fields[entity]
+
+    def _collect_fields(self, entity: str) -> list[str]:
         fields: list[str] = []
         for feature in self.features_of(entity):
             if feature.field and feature.field not in fields:

@@ -1,7 +1,7 @@
 """The feature stream job: transactions on the log to online features, as a Bytewax dataflow.
 
     transactions (Kafka, per partition, from the online store's checkpoints)
-      -> key by partition -> classify (decode, validate, watermark, lateness; state per partition)
+      -> classify (decode, validate, watermark, lateness; state per partition, batch at a time)
       -> apply (late -> late-events, malformed -> dead-letter, applied + checkpoint -> online store)
 
 Example:
@@ -43,15 +43,22 @@ def build_flow(
     policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
     classifier = Classifier(AvroSerde(settings.schema_registry_url), policy)
 
-    def classify(state: PartitionClock | None, raw: RawRecord) -> tuple[PartitionClock, Classified]:
-        clock = state if state is not None else PartitionClock(clocks.get(raw.partition))
-        return clock, classifier.classify(clock, raw)
+    partition_clocks = {p: PartitionClock(t) for p, t in clocks.items()}
+
+    def classify_batch(batch: list[RawRecord]) -> list[Classified]:
+        # Each Kafka partition is read by exactly one source partition on one worker, and a batch keeps
+        # its records in log order, so this per-partition state sees every partition's records in order.
+        out = []
+        for raw in batch:
+            clock = partition_clocks.get(raw.partition)
+            if clock is None:
+                clock = partition_clocks[raw.partition] = PartitionClock(None)
+            out.append(classifier.classify(clock, raw))
+        return out
 
     flow = Dataflow("highwater-features")
     records = op.input(topic, flow, KafkaPartitionSource(settings, topic, ranges))
-    keyed = op.key_on("by_partition", records, lambda raw: str(raw.partition))
-    classified = op.stateful_map("classify", keyed, classify)
-    values = op.map("drop_key", classified, lambda kv: kv[1])
+    values = op.flat_map_batch("classify", records, classify_batch)
     op.output("apply", values, ApplySink(settings, REGISTRY, progress))
     return flow
 
