@@ -81,7 +81,9 @@ class RedisOnlineStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisOnlineStore:
         """A store on the Redis at ``settings.redis_url``."""
-        return cls(redis.Redis.from_url(settings.redis_url), settings)
+        # Timeouts turn a hung Redis into a fast error (UNAVAILABLE for the server) instead of a stall.
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
+        return cls(client, settings)
 
     @property
     def keep_ms(self) -> int:

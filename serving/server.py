@@ -1,0 +1,172 @@
+"""The gRPC server process: ``highwater.v1.FeatureService`` with health checking and reflection.
+
+:func:`build_server` wires a synchronous gRPC server (thread pool) around an online store: the feature
+servicer, the standard health service (``grpc.health.v1.Health``, SERVING for ``""`` and for
+``highwater.v1.FeatureService``) and server reflection, so ``grpcurl`` or ``grpc_cli`` can call it
+without the proto. :func:`serve_forever` is ``highwater serve``: it builds the Redis-backed store from the
+settings, serves until SIGTERM or SIGINT, then reports NOT_SERVING to health checkers before draining
+in-flight calls, so a load balancer stops routing to it first.
+
+Example:
+    >>> server = build_server(settings.model_copy(update={"grpc_port": 0}), store)  # doctest: +SKIP
+    >>> server.start(); print(server.port)                                          # doctest: +SKIP
+    43127
+    >>> server.graceful_stop()                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from highwater.settings import Settings, get_settings
+from serving.protos import features_pb2, features_pb2_grpc
+from serving.service import SERVICE_NAME, FeatureServicer
+from sinks.online import OnlineStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_GRACE_S = 5.0
+
+
+class FeatureServer(grpc.Server):
+    """A started-or-startable ``grpc.Server`` that also knows its bound port and its health servicer.
+
+    Every ``grpc.Server`` method is delegated to the wrapped server, so callers use it as any gRPC
+    server; :attr:`port` is the port actually bound (useful when the settings asked for port 0).
+    """
+
+    def __init__(self, server: grpc.Server, port: int, host: str, health_servicer: health.HealthServicer):
+        self._server = server
+        self.port = port
+        self.host = host
+        self.health = health_servicer
+
+    @property
+    def target(self) -> str:
+        """Where a client on this machine dials the server, e.g. ``127.0.0.1:43127``."""
+        host = self.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[Any]) -> None:
+        """Delegate to the wrapped server."""
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        """Delegate to the wrapped server."""
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        """Delegate to the wrapped server."""
+        return int(self._server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        """Delegate to the wrapped server."""
+        return int(self._server.add_secure_port(address, server_credentials))
+
+    def start(self) -> None:
+        """Start serving (non-blocking)."""
+        self._server.start()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop the wrapped server; the event is set once it has stopped."""
+        event: threading.Event = self._server.stop(grace)
+        return event
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; True on timeout."""
+        return bool(self._server.wait_for_termination(timeout))
+
+    def graceful_stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """Report NOT_SERVING to health checkers, then stop, letting in-flight calls finish within grace."""
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()
+
+
+def build_server(
+    settings: Settings, store: OnlineStore, *, max_workers: int = DEFAULT_MAX_WORKERS
+) -> FeatureServer:
+    """A not-yet-started server bound to ``settings.grpc_host:settings.grpc_port`` (port 0 picks one).
+
+    Raises RuntimeError naming the address when the port cannot be bound. SO_REUSEPORT is off, so a
+    port another process already serves on is an error rather than a silent shared listener.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="highwater-grpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(store), server)
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    reflection.enable_server_reflection(
+        (
+            features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+
+    address = _bind_address(settings.grpc_host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot bind the gRPC server to {address}: {error}") from error
+    if port == 0:
+        raise RuntimeError(f"cannot bind the gRPC server to {address}")
+    return FeatureServer(server, port, settings.grpc_host, health_servicer)
+
+
+def _bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def serve_forever(settings: Settings | None = None) -> None:
+    """Serve FeatureService on the Redis online store until SIGTERM or SIGINT (``highwater serve``)."""
+    from sinks.redis_online import RedisOnlineStore
+
+    settings = settings or get_settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = RedisOnlineStore.from_settings(settings)
+    server = build_server(settings, store)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        logger.info(
+            "serving %s on %s (online store %s); health and reflection on",
+            SERVICE_NAME,
+            server.target,
+            settings.redis_url,
+            extra={"rpc.system": "grpc", "rpc.service": SERVICE_NAME},
+        )
+        stopping.wait()
+    finally:
+        server.graceful_stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logger.info("stopped")
