@@ -1,0 +1,153 @@
+"""An independent computation of what the online features must be, from the log alone.
+
+Shares nothing with the pipeline but the feature *definitions* (names, windows): it reads the topic with
+a plain consumer, decodes with confluent-kafka's ``AvroDeserializer`` (not our serde), recomputes
+lateness per partition in pandas from log order, deduplicates by transaction id, and aggregates each
+window with pandas. Tests compare what gRPC serves against it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from highwater.settings import Settings
+from highwater.topics import partitions_of
+from streams.features import Aggregation, Feature
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> pd.DataFrame:
+    """Every record of ``topic``: partition, offset, key, value (bytes), in log order per partition.
+
+    The end of each partition is the high watermark of fetch responses (Tansu's ListOffsets is wrong).
+    """
+    consumer = Consumer(settings.kafka_config(**{"group.id": "oracle", "enable.auto.commit": False}))
+    rows: list[dict[str, Any]] = []
+    try:
+        partitions = partitions_of(settings, topic)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        next_offset = dict.fromkeys(partitions, 0)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] for p in partitions}
+            if all(h >= 0 and next_offset[p] >= h for p, h in highs.items()):
+                break
+            assert time.monotonic() < deadline, f"{topic}: stopped at {next_offset}, ends {highs}"
+            msg = consumer.poll(0.1)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            rows.append({"partition": msg.partition(), "offset": msg.offset(), "key": msg.key(), "value": msg.value()})
+            next_offset[msg.partition()] = msg.offset() + 1
+    finally:
+        consumer.close()
+    frame = pd.DataFrame(rows, columns=["partition", "offset", "key", "value"])
+    return frame.sort_values(["partition", "offset"], ignore_index=True)
+
+
+@dataclass
+class Expected:
+    """The oracle's view of the log: applied events, late records and malformed records."""
+
+    applied: pd.DataFrame
+    late: pd.DataFrame
+    malformed: pd.DataFrame
+    duplicates: int
+
+
+def classify_log(settings: Settings, log: pd.DataFrame, topic: str = "transactions") -> Expected:
+    """Decode independently and apply the documented lateness rule per partition in log order."""
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": settings.schema_registry_url}))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    decoded: list[dict[str, Any] | None] = []
+    for value in log["value"]:
+        try:
+            event = deserializer(value, ctx)
+        except Exception:
+            event = None
+        if event is not None and (not math.isfinite(event["amount"]) or event["amount"] < 0):
+            event = None
+        decoded.append(event)
+    ok = pd.Series([e is not None for e in decoded], index=log.index)
+    malformed = log[~ok]
+    events = pd.DataFrame([e for e in decoded if e is not None], index=log.index[ok])
+    events["event_time"] = events["event_time"].map(_millis)
+    events["partition"] = log.loc[ok, "partition"]
+    events["offset"] = log.loc[ok, "offset"]
+    events = events.sort_values(["partition", "offset"])
+    d = settings.stream.max_out_of_orderness_ms
+    lateness = settings.stream.allowed_lateness_ms
+    # High-water mark before each event; late events never raise it (they are below it by definition).
+    prior_max = events.groupby("partition")["event_time"].transform(lambda s: s.cummax().shift(1))
+    is_late = prior_max.notna() & (events["event_time"] < prior_max - d - lateness)
+    on_time = events[~is_late]
+    applied = on_time.drop_duplicates("transaction_id", keep="first")
+    return Expected(applied, events[is_late], malformed, duplicates=len(on_time) - len(applied))
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(round(value.timestamp() * 1000))
+    return int(value)
+
+
+def expected_features(
+    applied: pd.DataFrame, key_field: str, features: list[Feature], as_of_ms: int
+) -> pd.DataFrame:
+    """Per entity id (index), each feature's value as of ``as_of_ms``; NaN/None where null."""
+    ids = pd.Index(sorted(applied[key_field].unique()), name=key_field)
+    out = pd.DataFrame(index=ids)
+    for feature in features:
+        window = applied[
+            (applied["event_time"] > as_of_ms - feature.window_ms) & (applied["event_time"] <= as_of_ms)
+        ]
+        groups = window.groupby(key_field)
+        agg = feature.aggregation
+        if agg is Aggregation.COUNT:
+            col = groups.size().reindex(ids, fill_value=0)
+        elif agg is Aggregation.DISTINCT_COUNT:
+            col = groups[feature.field].nunique().reindex(ids, fill_value=0)
+        elif agg is Aggregation.SUM:
+            col = groups[feature.field].sum().reindex(ids, fill_value=0.0)
+        elif agg is Aggregation.MAX:
+            col = groups[feature.field].max().reindex(ids)
+        elif agg is Aggregation.AVG:
+            col = groups[feature.field].mean().reindex(ids)
+        elif agg is Aggregation.SECONDS_SINCE_LAST:
+            col = ((as_of_ms - groups["event_time"].max()) / 1000).reindex(ids)
+        else:
+            raise AssertionError(f"oracle lacks aggregation {agg}")
+        out[feature.name] = col
+    return out
+
+
+def assert_matches(served: dict[str, dict[str, Any]], expected: pd.DataFrame, context: str) -> int:
+    """Compare every served value with the oracle: counts exactly, floats to 1e-9 relative, nulls as nulls."""
+    mismatches: list[str] = []
+    compared = 0
+    for entity_id, row in expected.iterrows():
+        got_row = served[str(entity_id)]
+        for name, want in row.items():
+            got = got_row[str(name)]
+            compared += 1
+            want_null = want is None or (isinstance(want, float) and np.isnan(want))
+            if want_null or got is None:
+                if not (want_null and got is None):
+                    mismatches.append(f"{entity_id}.{name}: served {got!r}, expected {want!r}")
+            elif isinstance(got, int) and not isinstance(want, float):
+                if got != int(want):
+                    mismatches.append(f"{entity_id}.{name}: served {got}, expected {int(want)}")
+            elif not math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-9):
+                mismatches.append(f"{entity_id}.{name}: served {got!r}, expected {float(want)!r}")
+    assert not mismatches, f"{context}: {len(mismatches)} of {compared} differ, e.g. {mismatches[:10]}"
+    return compared

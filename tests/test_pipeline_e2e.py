@@ -1,0 +1,231 @@
+"""End to end on the real local stack: Avro events on the log -> Bytewax job -> Redis -> gRPC.
+
+Served values are compared with an independent computation (``tests/oracle.py``: its own decoder,
+its own lateness rule in pandas, its own windows) for every feature of every entity at several as-of
+times. The module has a stack of its own because it reads whole topics.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from highwater.bootstrap import bootstrap_log
+from highwater.settings import Settings
+from highwater.stack import LocalStack
+from highwater.stack.env import isolated_settings, settings_env
+from schemas.catalog import DEAD_LETTER, LATE_EVENTS, TRANSACTIONS
+from schemas.serde import AvroSerde
+from serving.client import FeatureClient
+from serving.server import build_server
+from sinks.redis_online import RedisOnlineStore
+from streams.features import REGISTRY
+from streams.job import run_job
+from streams.producer import EventProducer
+from streams.synthetic import SyntheticStream
+from tests.oracle import Expected, assert_matches, classify_log, expected_features, read_topic
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+COUNT = 12_000
+MINUTE = 60_000
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack of its own with a disordered stream, very late events and malformed records on the log."""
+    settings = isolated_settings(tmp_path_factory.mktemp("pipeline"))
+    settings.stream.batch_size = 500
+    local = LocalStack(settings, outlive_caller=False)
+    try:
+        local.start()
+        bootstrap_log(settings)
+        _produce(settings)
+        yield settings
+    finally:
+        local.stop()
+
+
+def _produce(settings: Settings) -> None:
+    stream = SyntheticStream(seed=11, count=COUNT, disorder_ms=4_000, late_share=0.01)
+    transactions = [(d.topic, d.record) for d in stream.deliveries() if d.topic == TRANSACTIONS]
+    report = EventProducer(settings).produce_many(transactions)
+    assert report.written == COUNT and not report.rejected
+    # What a bad producer or a broken network can put on the log, written around validation:
+    serde = AvroSerde(settings.schema_registry_url)
+    raw = Producer(settings.kafka_config())
+    first = transactions[0][1]
+    raw.produce(TRANSACTIONS, key=b"bad", value=b"not avro at all")
+    raw.produce(TRANSACTIONS, key=b"bad", value=b"\x00\x00\x01\x86\xa0garbage")  # schema id 100000
+    raw.produce(TRANSACTIONS, key=b"bad", value=serde.encode(TRANSACTIONS, first | {"amount": -5.0}))
+    # Re-delivered events (same id, same bytes): old ones arrive late, recent ones on time.
+    for _, record in transactions[100:105] + transactions[-5:]:
+        raw.produce(TRANSACTIONS, key=record["card_id"].encode(), value=serde.encode(TRANSACTIONS, record))
+    assert raw.flush(30) == 0
+
+
+@pytest.fixture(scope="module")
+def expected(pipeline: Settings) -> Expected:
+    return classify_log(pipeline, read_topic(pipeline, TRANSACTIONS))
+
+
+@pytest.fixture(scope="module")
+def applied(pipeline: Settings) -> RedisOnlineStore:
+    processed = run_job(until_end=True, settings=pipeline, show_progress=False)
+    assert processed == COUNT + 3 + 10
+    return RedisOnlineStore.from_settings(pipeline)
+
+
+@pytest.fixture(scope="module")
+def client(pipeline: Settings, applied: RedisOnlineStore) -> Iterator[FeatureClient]:
+    server_settings = pipeline.model_copy(update={"grpc_port": 0})
+    server = build_server(server_settings, applied)
+    server.start()
+    try:
+        with FeatureClient(server.target) as feature_client:
+            yield feature_client
+    finally:
+        server.stop(None)
+
+
+def _served(client: FeatureClient, entity: str, ids: list[str], as_of_ms: int) -> dict[str, dict[str, Any]]:
+    served: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 1000):
+        response = client.get_online_features(entity, ids[start : start + 1000], as_of=as_of_ms)
+        assert response.as_of_ms == as_of_ms
+        served.update(response.to_dict())
+    return served
+
+
+def test_the_log_holds_what_the_test_needs(expected: Expected) -> None:
+    assert len(expected.late) >= 50, "the stream must carry events beyond lateness"
+    assert expected.duplicates > 0, "some re-delivered events must arrive on time"
+    assert len(expected.malformed) == 3
+    assert expected.applied["transaction_id"].is_unique
+
+
+@pytest.mark.parametrize("entity", ["card", "merchant"])
+@pytest.mark.parametrize("offset_ms", [0, -17 * MINUTE, -6 * 60 * MINUTE, -(24 * 60 - 1) * MINUTE, 45 * MINUTE])
+def test_served_features_equal_an_independent_computation(
+    client: FeatureClient, applied: RedisOnlineStore, expected: Expected, entity: str, offset_ms: int
+) -> None:
+    clock = applied.clock_ms()
+    assert clock == int(expected.applied["event_time"].max())
+    as_of = clock + offset_ms
+    key_field = REGISTRY.entity(entity).key_field
+    want = expected_features(expected.applied, key_field, REGISTRY.features_of(entity), as_of)
+    ids = [str(i) for i in want.index]
+    compared = assert_matches(_served(client, entity, ids, as_of), want, f"{entity} as of clock{offset_ms:+d}ms")
+    assert compared == len(ids) * len(REGISTRY.features_of(entity))
+
+
+def test_default_as_of_is_the_event_time_clock(client: FeatureClient, applied: RedisOnlineStore) -> None:
+    response = client.get_online_features("card", ["no-such-card"])
+    assert response.as_of_ms == applied.clock_ms() == response.event_time_clock_ms
+    assert response.value("no-such-card", "card_txn_count_1h") == 0
+    assert response.value("no-such-card", "card_amount_max_24h") is None
+
+
+def test_every_late_and_malformed_record_is_routed_and_counted(
+    pipeline: Settings, applied: RedisOnlineStore, expected: Expected
+) -> None:
+    counters = applied.counters()
+    assert counters["late"] == len(expected.late)
+    assert counters["applied"] == len(expected.applied) + expected.duplicates
+    assert counters["malformed:undecodable"] == 1
+    assert counters["malformed:unknown_schema_id"] == 1
+    assert counters["malformed:validation_failed"] == 1
+    entities = len(REGISTRY.entities_of_topic(TRANSACTIONS))
+    assert counters.get("duplicate_entity_updates", 0) == expected.duplicates * entities
+
+    serde = AvroSerde(pipeline.schema_registry_url)
+    late = [serde.decode(LATE_EVENTS, v) for v in read_topic(pipeline, LATE_EVENTS)["value"]]
+    assert {(r["source_partition"], r["source_offset"]) for r in late} == set(
+        zip(expected.late["partition"], expected.late["offset"], strict=True)
+    )
+    assert all("older than watermark" in r["reason"] and r["lateness_ms"] > 0 for r in late)
+
+    dead = [serde.decode(DEAD_LETTER, v) for v in read_topic(pipeline, DEAD_LETTER)["value"]]
+    by_kind = {r["error_type"]: r for r in dead}
+    assert set(by_kind) == {"undecodable", "unknown_schema_id", "validation_failed"}
+    assert by_kind["undecodable"]["original"] == b"not avro at all"
+    assert "amount: must be >= 0" in by_kind["validation_failed"]["error"]
+    assert "100000" in by_kind["unknown_schema_id"]["error"]
+    malformed_offsets = set(zip(expected.malformed["partition"], expected.malformed["offset"], strict=True))
+    assert {(r["source_partition"], r["source_offset"]) for r in dead} == malformed_offsets
+    assert all(r["source_topic"] == TRANSACTIONS for r in dead + late)
+
+
+def _snapshot(settings: Settings, as_of_ms: int, expected: Expected) -> dict[str, list[Any]]:
+    store = RedisOnlineStore.from_settings(settings)
+    snapshot: dict[str, list[Any]] = {}
+    for entity in REGISTRY.entities():
+        ids = sorted(str(i) for i in expected.applied[entity.key_field].unique())
+        names = [f.name for f in REGISTRY.features_of(entity.name)]
+        snapshot[entity.name] = store.read(entity.name, ids, names, as_of_ms)
+    return snapshot
+
+
+def test_a_killed_job_resumes_without_losing_or_double_counting(
+    pipeline: Settings, applied: RedisOnlineStore, expected: Expected
+) -> None:
+    crashing = pipeline.model_copy(deep=True)
+    crashing.online.generation = "crash"
+    crashing.stream.consumer_group = "highwater-crash"
+    crashing.stream.batch_size = 200
+    env = os.environ | settings_env(crashing)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "highwater.cli", "run", "--until-end"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = f"hw:{crashing.online.generation}:meta:checkpoints"
+    client = redis.Redis.from_url(crashing.redis_url)
+    deadline = time.monotonic() + 120
+    try:
+        while not client.exists(checkpoints):
+            assert job.poll() is None, "the job ended before it could be killed mid-way"
+            assert time.monotonic() < deadline, "the job made no progress"
+            time.sleep(0.01)
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.wait(30)
+    store = RedisOnlineStore.from_settings(crashing)
+    resumed_from = sum(c.next_offset for c in store.checkpoints(TRANSACTIONS).values())
+    assert 0 < resumed_from < COUNT, "the kill must land mid-way"
+
+    run_job(until_end=True, settings=crashing, show_progress=False)
+
+    clock = applied.clock_ms()
+    assert store.clock_ms() == clock
+    assert store.counters() == applied.counters()
+    assert _snapshot(crashing, clock, expected) == _snapshot(pipeline, clock, expected)
+
+
+def test_processing_the_same_offsets_twice_changes_no_value(
+    pipeline: Settings, applied: RedisOnlineStore, expected: Expected
+) -> None:
+    twice = pipeline.model_copy(deep=True)
+    twice.online.generation = "twice"
+    twice.stream.consumer_group = "highwater-twice"
+    run_job(until_end=True, settings=twice, show_progress=False)
+    store = RedisOnlineStore.from_settings(twice)
+    before = store.counters()
+    # A crash between the writes and the checkpoint, as a non-atomic sink could have: forget the offsets.
+    redis.Redis.from_url(twice.redis_url).delete(f"hw:{twice.online.generation}:meta:checkpoints")
+    run_job(until_end=True, settings=twice, show_progress=False)
+    clock = applied.clock_ms()
+    assert _snapshot(twice, clock, expected) == _snapshot(pipeline, clock, expected)
+    after = store.counters()
+    applied_entities = before["applied"] * len(REGISTRY.entities_of_topic(TRANSACTIONS))
+    assert after["duplicate_entity_updates"] == before["duplicate_entity_updates"] + applied_entities
