@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Highwater: streaming features and fraud scores from a Kafka log.")
+app = typer.Typer(
+    no_args_is_help=True, help="Highwater: streaming features and fraud scores from a Kafka log."
+)
 features_app = typer.Typer(no_args_is_help=True, help="Read online features over gRPC.")
 app.add_typer(features_app, name="features")
 
@@ -70,13 +72,21 @@ def produce(
     from streams.produce_cli import produce_command
 
     produce_command(
-        count=count, seed=seed, rate=rate, disorder_ms=disorder_ms, late_share=late_share, file=file, topic=topic
+        count=count,
+        seed=seed,
+        rate=rate,
+        disorder_ms=disorder_ms,
+        late_share=late_share,
+        file=file,
+        topic=topic,
     )
 
 
 @app.command()
 def run(
-    until_end: Annotated[bool, typer.Option(help="Stop at the end of the log instead of tailing it.")] = False,
+    until_end: Annotated[
+        bool, typer.Option(help="Stop at the end of the log instead of tailing it.")
+    ] = False,
 ) -> None:
     """Run the feature stream job; resumes from committed offsets."""
     from streams.job import run_job
@@ -96,7 +106,9 @@ def serve() -> None:
 def features_get(
     entity: Annotated[str, typer.Argument(help="Entity, e.g. card or merchant.")],
     entity_ids: Annotated[list[str], typer.Argument(help="One or more entity ids.")],
-    feature: Annotated[list[str] | None, typer.Option("--feature", "-f", help="Feature(s); default all.")] = None,
+    feature: Annotated[
+        list[str] | None, typer.Option("--feature", "-f", help="Feature(s); default all.")
+    ] = None,
     as_of: Annotated[str | None, typer.Option(help="ISO-8601 time; default the pipeline's clock.")] = None,
 ) -> None:
     """Read online features of entity ids over gRPC and print them as a table."""

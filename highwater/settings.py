@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -32,7 +33,7 @@ class StreamSettings(BaseModel):
     allowed_lateness_ms: int = Field(
         60_000,
         ge=0,
-        description="L: an event older than its partition's watermark minus L is late and not applied online.",
+        description="L: an event older than its partition's watermark minus L is late, not applied online.",
     )
     consumer_group: str = Field("highwater-features", description="Kafka consumer group of the feature job.")
     batch_size: int = Field(2_000, ge=1, description="Most records taken from one partition per poll.")
@@ -75,7 +76,9 @@ class Settings(BaseSettings):
     clickhouse_dsn: str = Field(
         "", description="Offline store DSN; empty means embedded chDB under the state dir."
     )
-    vector_store_url: str = Field("embedded://", description="Weaviate URL, or embedded:// for the local one.")
+    vector_store_url: str = Field(
+        "embedded://", description="Weaviate URL, or embedded:// for the local one."
+    )
     grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the gRPC server.")
     grpc_target: str = Field("", description="Where clients dial; empty means grpc_host:grpc_port.")
@@ -112,9 +115,9 @@ class Settings(BaseSettings):
         """The ClickHouse DSN, defaulting to embedded chDB inside the state dir."""
         return self.clickhouse_dsn or f"chdb://{self.state_dir / 'clickhouse'}"
 
-    def kafka_config(self, **extra: object) -> dict[str, object]:
-        """Base librdkafka configuration for this deployment, merged with ``extra``."""
-        config: dict[str, object] = {"bootstrap.servers": self.broker_bootstrap}
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """Base librdkafka configuration for this deployment, merged with ``extra`` (librdkafka names)."""
+        config: dict[str, Any] = {"bootstrap.servers": self.broker_bootstrap}
         config.update(extra)
         return config
 

@@ -35,7 +35,9 @@ class TopicSpec:
 
 
 TOPICS = [
-    TopicSpec(TRANSACTIONS, "Transaction events, keyed by card_id; the source of card and merchant features."),
+    TopicSpec(
+        TRANSACTIONS, "Transaction events, keyed by card_id; the source of card and merchant features."
+    ),
     TopicSpec(FRAUD_LABELS, "Fraud verdicts, keyed by card_id; arrive days after the transaction."),
     TopicSpec(LATE_EVENTS, "Events beyond allowed lateness, with the reason; kept for history, not applied."),
     TopicSpec(DEAD_LETTER, "Records the pipeline could not use, with the error and the original bytes."),
@@ -47,7 +49,9 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
 
 
-def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, timeout: float = 30.0
+) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created.
 
     Existing topics are left as they are (their partition count is part of their identity).

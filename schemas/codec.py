@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import fastavro
@@ -32,7 +32,7 @@ def parse_for_decoding(schema_text: str) -> Any:
     return fastavro.parse_schema(_strip_logical_types(json.loads(schema_text)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def decode_schema(topic: str) -> Any:
     """The parsed reader schema of ``topic`` (the project's current ``.avsc``)."""
     return parse_for_decoding(json.dumps(copy.deepcopy(CATALOG.schema(topic))))

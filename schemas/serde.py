@@ -62,7 +62,9 @@ class AvroSerde:
 
     def __init__(self, registry: str | SchemaRegistryClient, catalog: SchemaCatalog = CATALOG) -> None:
         self.registry = (
-            registry if isinstance(registry, SchemaRegistryClient) else SchemaRegistryClient({"url": registry})
+            registry
+            if isinstance(registry, SchemaRegistryClient)
+            else SchemaRegistryClient({"url": registry})
         )
         self._catalog = catalog
         self._writer_ids: dict[tuple[str, str], int] = {}
@@ -114,6 +116,8 @@ class AvroSerde:
                 if exc.http_status_code == 404:
                     raise UnknownSchemaId(f"schema id {schema_id} is not in the registry") from exc
                 raise
+            if schema.schema_str is None:
+                raise UnknownSchemaId(f"schema id {schema_id} has no schema text in the registry")
             parsed = parse_for_decoding(schema.schema_str)
             self._by_id[schema_id] = parsed
             return parsed
@@ -141,9 +145,11 @@ class AvroSerde:
         buf = io.BytesIO(value)
         buf.seek(_HEADER.size)
         try:
-            record: dict[str, Any] = fastavro.schemaless_reader(buf, writer, reader)
+            record = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:  # fastavro raises many types for corrupt bodies
             raise UndecodableRecord(f"Avro body does not match schema id {schema_id}: {exc!r}") from exc
+        if not isinstance(record, dict):
+            raise UndecodableRecord(f"schema id {schema_id} is not a record schema")
         if buf.tell() != len(value):
             raise UndecodableRecord(
                 f"{len(value) - buf.tell()} trailing bytes after the Avro body (schema id {schema_id})"

@@ -45,7 +45,9 @@ def _transaction_rules(record: dict[str, Any]) -> list[str]:
         elif amount < 0:
             errors.append(f"amount: must be >= 0, got {amount!r}")
     currency = record.get("currency")
-    if type(currency) is str and not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+    if type(currency) is str and not (
+        len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
+    ):
         errors.append(f"currency: must be a 3-letter ISO 4217 code, got {currency!r}")
     event_time = record.get("event_time")
     if type(event_time) is int and event_time <= 0:

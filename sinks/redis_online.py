@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import redis
 
 from highwater.settings import Settings
@@ -61,9 +62,7 @@ class KeyLayout:
 class RedisOnlineStore:
     """The online store on Redis; see the module docstring for layout and guarantees."""
 
-    def __init__(
-        self, client: redis.Redis, settings: Settings, registry: FeatureRegistry = REGISTRY
-    ) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, registry: FeatureRegistry = REGISTRY) -> None:
         self._redis = client
         self._registry = registry
         self.keys = KeyLayout(settings.online.generation)
@@ -156,10 +155,10 @@ class RedisOnlineStore:
         """Stored checkpoints of ``topic``'s partitions."""
         found: dict[int, PartitionCheckpoint] = {}
         for raw_field, raw_value in self._redis.hgetall(self.keys.checkpoints).items():
-            ckpt_topic, _, partition = raw_field.decode().rpartition(":")
+            ckpt_topic, _, partition = _text(raw_field).rpartition(":")
             if ckpt_topic != topic:
                 continue
-            offset, _, max_time = raw_value.decode().partition(":")
+            offset, _, max_time = _text(raw_value).partition(":")
             found[int(partition)] = PartitionCheckpoint(
                 topic, int(partition), int(offset), int(max_time) if max_time else None
             )
@@ -167,4 +166,8 @@ class RedisOnlineStore:
 
     def counters(self) -> dict[str, int]:
         """Pipeline counters stored with the checkpoints (exact across restarts)."""
-        return {k.decode(): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
+        return {_text(k): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -116,9 +116,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         self._registry = registry
         self._routed = RoutedRecords(settings, AvroSerde(settings.schema_registry_url))
         self._committer = Consumer(
-            settings.kafka_config(
-                **{"group.id": settings.stream.consumer_group, "enable.auto.commit": False}
-            )
+            settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
         )
         self._progress = progress
         # One write in flight: Redis applies batch N while Python classifies batch N+1. Writes stay in

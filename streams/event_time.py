@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from schemas.serde import AvroSerde, SerdeError
@@ -39,7 +39,7 @@ class RawRecord:
     value: bytes | None
 
 
-class Fate(str, Enum):
+class Fate(StrEnum):
     """What happens to a record."""
 
     APPLIED = "applied"

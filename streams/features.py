@@ -22,13 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 TRANSACTIONS_TOPIC = "transactions"
 
 
-class Aggregation(str, Enum):
+class Aggregation(StrEnum):
     """How a feature folds the events of its window into one value."""
 
     COUNT = "count"

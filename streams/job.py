@@ -39,7 +39,7 @@ def build_flow(
     progress: Callable[[int], None] | None = None,
     topic: str = TRANSACTIONS_TOPIC,
 ) -> Dataflow:
-    """The dataflow reading ``ranges`` of ``topic``; ``clocks`` are the partitions' stored high-water marks."""
+    """The dataflow reading ``ranges`` of ``topic``; ``clocks``: the partitions' stored high-water marks."""
     policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
     classifier = Classifier(AvroSerde(settings.schema_registry_url), policy)
 
@@ -63,9 +63,9 @@ def build_flow(
     return flow
 
 
-def plan(settings: Settings, until_end: bool, topic: str = TRANSACTIONS_TOPIC) -> tuple[
-    dict[int, PartitionRange], dict[int, int | None]
-]:
+def plan(
+    settings: Settings, until_end: bool, topic: str = TRANSACTIONS_TOPIC
+) -> tuple[dict[int, PartitionRange], dict[int, int | None]]:
     """Read ranges and partition clocks from the online store's checkpoints."""
     store = RedisOnlineStore.from_settings(settings)
     checkpoints = store.checkpoints(topic)

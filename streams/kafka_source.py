@@ -6,8 +6,9 @@ so the source resumes from exactly there. One Bytewax partition per Kafka partit
 partition's records in log order, which the event-time decisions rely on.
 
 Example:
-    >>> source = KafkaPartitionSource(settings, "transactions", start={0: 1200}, until_end=True)  # doctest: +SKIP
-    >>> op.input("transactions", flow, source)                                                    # doctest: +SKIP
+    >>> ranges = read_ranges(settings, "transactions", start={0: 1200}, until_end=True)  # doctest: +SKIP
+    >>> source = KafkaPartitionSource(settings, "transactions", ranges)                  # doctest: +SKIP
+    >>> op.input("transactions", flow, source)                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def log_end_offsets(settings: Settings, topic: str, wait_s: float = 5.0) -> dict
     )
     try:
         partitions = partitions_of(settings, topic)
-        lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[0] for p in partitions}
+        lows = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[0] for p in partitions
+        }
         consumer.assign([TopicPartition(topic, p, lows[p]) for p in partitions])
         ends: dict[int, tuple[int, int]] = {}
         deadline = time.monotonic() + wait_s
@@ -114,6 +117,7 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
                     continue
                 raise KafkaException(error)
             offset = message.offset()
+            assert offset is not None  # set on every message without an error
             if self._end is not None and offset >= self._end:
                 continue
             batch.append(RawRecord(self._topic, self._partition, offset, message.key(), message.value()))

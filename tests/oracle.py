@@ -39,7 +39,10 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> pd.Da
         next_offset = dict.fromkeys(partitions, 0)
         deadline = time.monotonic() + timeout_s
         while True:
-            highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] for p in partitions}
+            highs = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                for p in partitions
+            }
             if all(h >= 0 and next_offset[p] >= h for p, h in highs.items()):
                 break
             assert time.monotonic() < deadline, f"{topic}: stopped at {next_offset}, ends {highs}"
@@ -47,7 +50,9 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> pd.Da
             if msg is None:
                 continue
             assert msg.error() is None, msg.error()
-            rows.append({"partition": msg.partition(), "offset": msg.offset(), "key": msg.key(), "value": msg.value()})
+            rows.append(
+                {"partition": msg.partition(), "offset": msg.offset(), "key": msg.key(), "value": msg.value()}
+            )
             next_offset[msg.partition()] = msg.offset() + 1
     finally:
         consumer.close()
@@ -97,7 +102,7 @@ def classify_log(settings: Settings, log: pd.DataFrame, topic: str = "transactio
 
 def _millis(value: Any) -> int:
     if isinstance(value, datetime):
-        return int(round(value.timestamp() * 1000))
+        return round(value.timestamp() * 1000)
     return int(value)
 
 

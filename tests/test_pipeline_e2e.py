@@ -114,7 +114,9 @@ def test_the_log_holds_what_the_test_needs(expected: Expected) -> None:
 
 
 @pytest.mark.parametrize("entity", ["card", "merchant"])
-@pytest.mark.parametrize("offset_ms", [0, -17 * MINUTE, -6 * 60 * MINUTE, -(24 * 60 - 1) * MINUTE, 45 * MINUTE])
+@pytest.mark.parametrize(
+    "offset_ms", [0, -17 * MINUTE, -6 * 60 * MINUTE, -(24 * 60 - 1) * MINUTE, 45 * MINUTE]
+)
 def test_served_features_equal_an_independent_computation(
     client: FeatureClient, applied: RedisOnlineStore, expected: Expected, entity: str, offset_ms: int
 ) -> None:
@@ -124,7 +126,9 @@ def test_served_features_equal_an_independent_computation(
     key_field = REGISTRY.entity(entity).key_field
     want = expected_features(expected.applied, key_field, REGISTRY.features_of(entity), as_of)
     ids = [str(i) for i in want.index]
-    compared = assert_matches(_served(client, entity, ids, as_of), want, f"{entity} as of clock{offset_ms:+d}ms")
+    compared = assert_matches(
+        _served(client, entity, ids, as_of), want, f"{entity} as of clock{offset_ms:+d}ms"
+    )
     assert compared == len(ids) * len(REGISTRY.features_of(entity))
 
 
