@@ -13,11 +13,12 @@ Formats:
     empty cell is null for an optional field and missing for a required one.
 
 Example:
-    >>> from streams.file_input import Row, read_events_file
-    >>> for row in read_events_file("tests/data/transactions.csv", "transactions"):  # doctest: +SKIP
-    ...     print(row.line, row.record["amount"] if isinstance(row, Row) else row.reason)
-    2 12.5
-    4 amount: must be >= 0, got -5.0
+    >>> from streams.file_input import read_events_file
+    >>> rows = list(read_events_file("tests/data/transactions.csv", "transactions"))
+    >>> rows[0].line, rows[0].record["amount"]
+    (2, 12.5)
+    >>> print(rows[5])
+    line 7: amount: must be >= 0, got -5.0
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ class Rejection:
 
 RowResult = Row | Rejection
 
+FILE_TYPES = (".jsonl", ".ndjson", ".csv")
+"""File suffixes :func:`read_events_file` reads (``.ndjson`` is JSON lines too)."""
+
 
 @dataclass(frozen=True)
 class _Field:
@@ -70,7 +74,7 @@ class _Field:
     timestamp: bool
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields(topic: str) -> dict[str, _Field]:
     """The topic's fields with their (single) non-null Avro type (cached; callers must not mutate)."""
     fields: dict[str, _Field] = {}
@@ -101,7 +105,7 @@ def record_errors(topic: str, record: dict[str, Any]) -> list[str]:
     Example:
         >>> record_errors("fraud-labels", {"transaction_id": "t1", "card_id": "c1", "is_fraud": True,
         ...     "label_time": 1, "source": "analyst", "note": "x"})
-        ["note: unknown field (not in the fraud-labels schema)"]
+        ['note: unknown field (not in the fraud-labels schema)']
     """
     if topic not in CATALOG.topics():
         return [f"topic {topic!r} has no schema (known: {', '.join(CATALOG.topics())})"]
@@ -124,12 +128,18 @@ def read_events_file(path: str | Path, topic: str) -> Iterator[RowResult]:
         raise ValueError(f"topic {topic!r} has no schema (known: {', '.join(CATALOG.topics())})")
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path, topic)
-    elif suffix == ".csv":
-        yield from _read_csv(path, topic)
-    else:
+    if suffix not in FILE_TYPES:
         raise ValueError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
+    yield from _read_csv(path, topic) if suffix == ".csv" else _read_jsonl(path, topic)
+
+
+def count_rows(path: str | Path) -> int:
+    """Non-blank lines of an event file, less the CSV header: the rows :func:`read_events_file` yields
+    when no CSV cell spans lines (used to size progress bars)."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as lines:
+        non_blank = sum(1 for line in lines if line.strip())
+    return max(0, non_blank - 1) if path.suffix.lower() == ".csv" else non_blank
 
 
 def _finish(line: int, topic: str, record: dict[str, Any], fields: dict[str, _Field]) -> RowResult:
@@ -147,7 +157,7 @@ def _read_jsonl(path: Path, topic: str) -> Iterator[RowResult]:
             if not text.strip():
                 continue
             try:
-                value = json.loads(text)
+                value = json.loads(text.strip())
             except json.JSONDecodeError as exc:
                 yield Rejection(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue

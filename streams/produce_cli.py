@@ -13,18 +13,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import typer
-from confluent_kafka import KafkaException
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from highwater.bootstrap import bootstrap_log
 from highwater.settings import Settings, get_settings
+from schemas.catalog import CATALOG
+from streams.file_input import FILE_TYPES
 from streams.producer import EventProducer, ProduceReport
 from streams.synthetic import SyntheticStream
 
 EXIT_REJECTED = 1
-EXIT_UNREACHABLE = 2
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
 
 def produce_command(
@@ -36,26 +36,31 @@ def produce_command(
     file: Path | None,
     topic: str,
 ) -> None:
-    """Run ``highwater produce``; raises ``typer.Exit`` with a non-zero code on rejections or losses.
+    """Run ``highwater produce``; raises ``typer.Exit`` with a non-zero code when something went wrong.
+
+    Exit codes: 1 when a row was rejected or a message was not acknowledged (good rows are still
+    written), 2 for a bad ``--file``/``--topic``, 3 when the broker or registry cannot be reached.
 
     Example:
         >>> produce_command(count=1_000, seed=7, rate=0.0, disorder_ms=3_000, late_share=0.002,
         ...     file=None, topic="transactions")                                  # doctest: +SKIP
-        transactions   1,000 (fraud 20 = 2.00%, late 2 = 0.20%)
+        transactions  1,000 (fraud 20 = 2.00%, late 2 = 0.20%)
         ...
     """
+    if file is not None:
+        _check_file_args(file, topic)
     settings = get_settings()
     try:
         bootstrap_log(settings)
-        producer = EventProducer(settings, rate=rate)
-        if file is not None:
-            report: ProduceReport = _produce_file(producer, file, topic)
-        else:
-            report = _produce_synthetic(producer, count, seed, disorder_ms, late_share)
-    except (KafkaException, SchemaRegistryError, httpx.HTTPError) as exc:
-        typer.echo(f"error: cannot reach the log ({_where(settings)}): {exc}", err=True)
+    except Exception as exc:  # the registry client raises httpx/httpx2 transport errors, Kafka its own
+        typer.echo(f"error: the log is not ready ({_where(settings)}): {type(exc).__name__}: {exc}", err=True)
         typer.echo("is the local stack running? start it with `highwater up`", err=True)
         raise typer.Exit(EXIT_UNREACHABLE) from exc
+    producer = EventProducer(settings, rate=rate)
+    if file is not None:
+        report: ProduceReport = _produce_file(producer, file, topic)
+    else:
+        report = _produce_synthetic(producer, count, seed, disorder_ms, late_share)
     if report.delivery_failures:
         typer.echo(f"error: {report.delivery_failures:,} message(s) were not acknowledged", err=True)
         for reason in report.delivery_errors:
@@ -64,12 +69,26 @@ def produce_command(
         raise typer.Exit(EXIT_REJECTED)
 
 
+def _check_file_args(file: Path, topic: str) -> None:
+    """Refuse an unreadable file, an unsupported file type or a topic without a schema, before connecting."""
+    problem = None
+    if topic not in CATALOG.topics():
+        problem = f"topic {topic!r} has no schema; use one of {', '.join(CATALOG.topics())}"
+    elif file.suffix.lower() not in FILE_TYPES:
+        problem = f"{file}: unsupported file type {file.suffix or '(none)'!r}; use .jsonl or .csv"
+    elif not file.is_file():
+        problem = f"{file}: no such file"
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+
+
 def _produce_file(producer: EventProducer, file: Path, topic: str) -> ProduceReport:
     try:
         report = producer.produce_file(file, topic, progress=True)
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_REJECTED) from exc
+        raise typer.Exit(EXIT_USAGE) from exc
     for rejection in report.rejected:
         typer.echo(str(rejection))
     typer.echo(f"{file}: {report.written:,} written to {topic}, {len(report.rejected):,} rejected")

@@ -47,7 +47,7 @@ from rich.text import Text
 from highwater.settings import Settings
 from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
 from schemas.serde import AvroSerde
-from streams.file_input import Rejection, Row, read_events_file, record_errors
+from streams.file_input import Rejection, Row, count_rows, read_events_file, record_errors
 
 KEY_FIELDS = {TRANSACTIONS: "card_id", FRAUD_LABELS: "card_id"}
 """Topic → the record field whose UTF-8 value is the message key."""
@@ -76,6 +76,8 @@ class ProduceReport:
     ``rejected`` holds records that failed validation (never sent), each with its 1-based position in
     the batch (its line number for files). ``delivery_failures`` counts messages the broker refused or
     that were still queued when the final flush timed out; ``delivery_errors`` keeps the first reasons.
+    Delivery counts cover every message sent since the previous report or :meth:`EventProducer.flush`,
+    so records sent with ``produce`` just before a batch are accounted for too.
     """
 
     written: int = 0
@@ -100,8 +102,10 @@ class FileReport(ProduceReport):
 class EventProducer:
     """Validate, encode and write events; count every delivery outcome.
 
-    ``rate`` (events per second, 0 = unlimited) paces writes evenly from the first one. Not thread-safe:
-    use one per thread.
+    ``rate`` (events per second, 0 = unlimited) paces writes evenly from the first one. ``topic_names``
+    sends a catalog topic's records to another Kafka topic (e.g. an isolated test topic); they are still
+    validated and encoded as the catalog topic (registry subject ``<catalog topic>-value``). ``config``
+    overrides librdkafka settings. Not thread-safe: use one per thread.
 
     Example:
         >>> producer = EventProducer(settings, rate=500)               # doctest: +SKIP
@@ -118,17 +122,19 @@ class EventProducer:
         rate: float = 0.0,
         serde: AvroSerde | None = None,
         config: Mapping[str, object] | None = None,
+        topic_names: Mapping[str, str] | None = None,
     ) -> None:
         if rate < 0:
             raise ValueError(f"rate must be >= 0 events/s, got {rate}")
         self._producer = Producer(settings.kafka_config(**{**PRODUCER_CONFIG, **(config or {})}))
         self._serde = serde if serde is not None else AvroSerde(settings.schema_registry_url)
         self._rate = rate
+        self._topic_names = dict(topic_names or {})
         self._pace_start: float | None = None
         self._paced = 0
+        # Delivery outcomes since the last report or flush; each batch report and flush takes them over.
         self._delivered = 0
         self._failed = 0
-        self._failures_reported = 0
         self._errors: list[str] = []
 
     # --- single records -------------------------------------------------------------------------------
@@ -149,13 +155,12 @@ class EventProducer:
         delivery failed since the last flush or batch report.
         """
         remaining = self._producer.flush(timeout)
-        failed = self._failed - self._failures_reported
-        self._failures_reported = self._failed
+        _, failed, errors = self._take_outcomes()
         if remaining or failed:
-            reasons = "; ".join(self._errors[-5:])
+            reasons = "; ".join(errors[:5])
             raise DeliveryError(
                 f"{failed} message(s) failed and {remaining} still queued after {timeout}s"
-                + (f" (last errors: {reasons})" if reasons else "")
+                + (f" (first errors: {reasons})" if reasons else "")
             )
 
     # --- batches --------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ class EventProducer:
                 yield (topic, row.record) if isinstance(row, Row) else row
 
         report = FileReport(path=path, topic=topic)
-        self._run(rows(), report, progress, None, timeout)
+        self._run(rows(), report, progress, count_rows(path) if progress else None, timeout)
         return report
 
     def _run(
@@ -210,7 +215,6 @@ class EventProducer:
         total: int | None,
         timeout: float,
     ) -> None:
-        delivered, failed, errors = self._delivered, self._failed, len(self._errors)
         with _progress_bar(progress, total) as advance:
             for item in items:
                 if isinstance(item, Rejection):
@@ -219,12 +223,16 @@ class EventProducer:
                     self._send(*item)
                 advance()
         remaining = self._producer.flush(timeout)
-        report.written = self._delivered - delivered
-        report.delivery_failures = self._failed - failed + remaining
-        report.delivery_errors = self._errors[errors:]
+        report.written, failed, report.delivery_errors = self._take_outcomes()
+        report.delivery_failures = failed + remaining
         if remaining:
             report.delivery_errors.append(f"{remaining} message(s) still queued after {timeout}s")
-        self._failures_reported = self._failed
+
+    def _take_outcomes(self) -> tuple[int, int, list[str]]:
+        """Delivered count, failed count and kept errors since the last call; resets them."""
+        outcomes = (self._delivered, self._failed, self._errors)
+        self._delivered, self._failed, self._errors = 0, 0, []
+        return outcomes
 
     # --- internals ------------------------------------------------------------------------------------
     def _send(self, topic: str, record: dict[str, Any]) -> None:
@@ -234,7 +242,9 @@ class EventProducer:
         self._pace()
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    self._topic_names.get(topic, topic), value=value, key=key, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until the broker has taken some.
@@ -258,7 +268,9 @@ class EventProducer:
             return
         self._failed += 1
         if len(self._errors) < _MAX_KEPT_ERRORS:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+            partition = msg.partition()
+            where = f"{msg.topic()}[{partition}]" if partition is not None and partition >= 0 else msg.topic()
+            self._errors.append(f"{where}: {err.str()}")
 
     def __enter__(self) -> EventProducer:
         return self

@@ -1,8 +1,8 @@
 """A seeded synthetic card-payment stream with labelled fraud, in the order it reaches the log.
 
-The same seed and parameters give the same events in the same order, on any machine (everything is drawn
-from one ``random.Random(seed)``, whose algorithms Python keeps stable), so demos, benchmarks and tests
-can name a stream by its seed.
+The same seed and parameters give the same events in the same order (everything is drawn from one
+``random.Random(seed)``; Python guarantees its seeding and ``random()`` across versions, and the project
+pins Python 3.11 for the rest), so demos, benchmarks and tests can name a stream by its seed.
 
 Population:
     Customers live in European cities (home coordinates jittered around the city); one in five has two
@@ -401,6 +401,9 @@ class SyntheticStream:
                 online.append(idx)
             else:
                 local.setdefault(m.city.name, []).append(idx)
+        anywhere = [i for ids in local.values() for i in ids]
+        pools = {name: _Pool(ids, merchants) for name, ids in local.items()}
+        fallback, online_pool = _Pool(anywhere, merchants), _Pool(online, merchants)
         cards: list[Card] = []
         customer = 0
         while len(cards) < self.n_cards:
@@ -409,9 +412,8 @@ class SyntheticStream:
             lat, lon = _jitter(rng, home, 0.05)
             n = 2 if rng.random() < 0.2 else 1
             for _ in range(min(n, self.n_cards - len(cards))):
-                nearby = local.get(home.name) or [i for ids in local.values() for i in ids]
-                usual = _weighted_sample(rng, nearby, merchants, rng.randint(4, 9))
-                usual += _weighted_sample(rng, online, merchants, rng.randint(1, 3))
+                usual = pools.get(home.name, fallback).sample(rng, rng.randint(4, 9))
+                usual += online_pool.sample(rng, rng.randint(1, 3))
                 weights = [merchants[i].popularity for i in usual]
                 cards.append(
                     Card(
@@ -533,7 +535,7 @@ class SyntheticStream:
             by_city.setdefault(card.home.name, []).append(card)
         made = 0
         attempts = 0
-        while made < budget and attempts < 50:
+        while made < budget and attempts < 50 + 10 * budget:
             attempts += 1
             anchor = rng.choice(cards)
             if anchor.home.name not in shops:
@@ -636,12 +638,20 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
     return out
 
 
-def _weighted_sample(rng: random.Random, pool: list[int], merchants: list[Merchant], k: int) -> list[int]:
-    """Up to ``k`` distinct merchant indexes from ``pool``, busier merchants more likely."""
-    chosen: list[int] = []
-    candidates = list(pool)
-    for _ in range(min(k, len(candidates))):
-        cum = _cumulative([merchants[i].popularity for i in candidates])
-        pick = bisect.bisect_right(cum, rng.random() * cum[-1])
-        chosen.append(candidates.pop(min(pick, len(candidates) - 1)))
-    return chosen
+class _Pool:
+    """Merchant indexes to draw from, busier merchants more likely."""
+
+    def __init__(self, ids: list[int], merchants: list[Merchant]) -> None:
+        self.ids = ids
+        self.cum = _cumulative([merchants[i].popularity for i in ids])
+
+    def sample(self, rng: random.Random, k: int) -> list[int]:
+        """Up to ``k`` distinct indexes (fewer if the pool is small or a few busy merchants dominate)."""
+        chosen: list[int] = []
+        for _ in range(4 * k):
+            if len(chosen) == min(k, len(self.ids)):
+                break
+            pick = self.ids[bisect.bisect_right(self.cum, rng.random() * self.cum[-1])]
+            if pick not in chosen:
+                chosen.append(pick)
+        return chosen
