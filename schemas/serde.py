@@ -129,7 +129,11 @@ class AvroSerde:
         """
         key = (schema_id, topic)
         if key not in self._resolve:
-            reader = decode_schema(topic)
+            reader = (
+                decode_schema(topic)
+                if self._catalog is CATALOG
+                else parse_for_decoding(self._catalog.entry(topic).text)
+            )
             self._resolve[key] = None if reader == writer else reader
         return self._resolve[key]
 

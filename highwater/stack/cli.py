@@ -108,4 +108,8 @@ def stack_status() -> None:
     if failure:
         console.print(f"[red]last failure:[/] {escape(failure)}")
     healthy = all(s.healthy for s in statuses)
+    if healthy:
+        from streams.status import print_pipeline_status
+
+        print_pipeline_status(settings, console)
     raise typer.Exit(0 if healthy else 1)
