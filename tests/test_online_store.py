@@ -1,0 +1,107 @@
+"""The Redis online store alone: window bounds, nulls, idempotency, TTL, trimming, atomic checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from highwater.settings import Settings
+from sinks.online import AppliedEvent, PartitionCheckpoint, WriteBatch
+from sinks.redis_online import RedisOnlineStore
+from streams.features import REGISTRY
+
+pytestmark = pytest.mark.stack
+
+T0 = 1_772_409_600_000
+HOUR = 3_600_000
+
+
+def _event(txn: str, card: str, at: int, amount: float, merchant: str = "m1") -> AppliedEvent:
+    record = {"card_id": card, "merchant_id": merchant, "amount": amount}
+    return AppliedEvent("card", card, txn, at, REGISTRY.payload_of("card", record))
+
+
+def _store(stack: Settings, generation: str) -> RedisOnlineStore:
+    settings = stack.model_copy(deep=True)
+    settings.online.generation = generation
+    return RedisOnlineStore.from_settings(settings)
+
+
+def test_window_bounds_are_exclusive_below_and_inclusive_above(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "bounds")
+    store.write(WriteBatch([_event("a", "c1", T0, 10.0), _event("b", "c1", T0 + HOUR, 5.5)]))
+    names = ["card_txn_count_1h", "card_amount_sum_1h", "card_amount_max_24h", "card_amount_avg_7d"]
+    at_second = store.read("card", ["c1"], names, T0 + HOUR)[0]
+    assert at_second["card_txn_count_1h"].value == 1  # T0 is exactly T-W: excluded
+    assert at_second["card_amount_sum_1h"].value == 5.5
+    assert at_second["card_amount_max_24h"].value == 10.0
+    assert at_second["card_amount_avg_7d"].value == 7.75
+    assert at_second["card_txn_count_1h"].latest_event_time_ms == T0 + HOUR
+    just_before = store.read("card", ["c1"], names, T0 + HOUR - 1)[0]
+    assert just_before["card_txn_count_1h"].value == 1
+    assert just_before["card_amount_sum_1h"].value == 10.0
+
+
+def test_empty_windows_give_zero_for_counts_and_sums_and_null_for_max_and_avg(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "empty")
+    store.write(WriteBatch([_event("a", "c1", T0, 10.0)]))
+    later = store.read("card", ["c1"], [f.name for f in REGISTRY.features_of("card")], T0 + 8 * 24 * HOUR)[0]
+    assert later["card_txn_count_24h"].value == 0
+    assert later["card_amount_sum_24h"].value == 0.0
+    assert later["card_distinct_merchants_24h"].value == 0
+    assert later["card_amount_max_24h"].value is None
+    assert later["card_amount_avg_7d"].value is None
+    assert later["card_seconds_since_last_txn"].value is None
+    assert all(v.latest_event_time_ms is None for v in later.values())
+
+
+def test_the_same_event_id_is_applied_once(stack: Settings, redis_client: redis.Redis) -> None:
+    store = _store(stack, "dedupe")
+    store.write(WriteBatch([_event("a", "c1", T0, 10.0)]))
+    store.write(WriteBatch([_event("a", "c1", T0, 10.0), _event("a", "c1", T0 + 5, 99.0)]))
+    value = store.read("card", ["c1"], ["card_amount_sum_1h"], T0 + 10)[0]["card_amount_sum_1h"]
+    assert value.value == 10.0 and value.latest_event_time_ms == T0
+    assert store.counters()["duplicate_entity_updates"] == 2
+
+
+def test_entity_keys_carry_the_ttl(stack: Settings, redis_client: redis.Redis) -> None:
+    store = _store(stack, "ttl")
+    store.write(WriteBatch([_event("a", "c1", T0, 1.0)]))
+    for key in (store.keys.events("card", "c1"), store.keys.payloads("card", "c1")):
+        ttl = redis_client.pttl(key)
+        assert 0 < ttl <= stack.online.ttl_ms, key
+
+
+def test_checkpoints_counters_and_clock_move_with_the_batch(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "ckpt")
+    assert store.clock_ms() is None and store.checkpoints("transactions") == {}
+    store.write(
+        WriteBatch(
+            [_event("a", "c1", T0, 1.0)],
+            [
+                PartitionCheckpoint("transactions", 2, 41, T0),
+                PartitionCheckpoint("transactions", 3, 7, T0 - 9),
+            ],
+            {"applied": 1, "late": 2},
+        )
+    )
+    store.write(WriteBatch([], [PartitionCheckpoint("transactions", 3, 9, T0 - 5)], {"late": 1}))
+    assert store.clock_ms() == T0  # the clock never moves backwards
+    assert store.checkpoints("transactions")[3] == PartitionCheckpoint("transactions", 3, 9, T0 - 5)
+    assert store.checkpoints("transactions")[2].next_offset == 41
+    assert store.counters() == {"applied": 1, "late": 3}
+
+
+def test_events_beyond_the_kept_horizon_are_trimmed(stack: Settings, redis_client: redis.Redis) -> None:
+    store = _store(stack, "trim")
+    store.write(WriteBatch([_event("old", "c1", T0, 1.0)], [PartitionCheckpoint("transactions", 0, 1, T0)]))
+    far = T0 + store.keep_ms + 1
+    store.write(WriteBatch([_event("new", "c1", far, 2.0)], [PartitionCheckpoint("transactions", 0, 2, far)]))
+    assert redis_client.zrange(store.keys.events("card", "c1"), 0, -1) == [b"new"]
+    assert redis_client.hkeys(store.keys.payloads("card", "c1")) == [b"new"]
