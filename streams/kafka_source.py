@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -22,6 +23,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from highwater.settings import Settings
 from highwater.topics import partitions_of
 from streams.event_time import RawRecord
+
+_IDLE_BACKOFF = timedelta(milliseconds=5)
 
 
 class LogResetError(RuntimeError):
@@ -91,7 +94,7 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
         self._end = span.end
         self._next = span.start
         self._batch_size = settings.stream.batch_size
-        self._timeout = settings.stream.poll_timeout_ms / 1000
+        self._awake: datetime | None = None
         self._consumer = Consumer(
             settings.kafka_config(
                 **{
@@ -108,7 +111,11 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if self._end is not None and self._next >= self._end:
             raise StopIteration()
-        messages = self._consumer.consume(self._batch_size, self._timeout)
+        # Never block (Bytewax's contract): one worker polls every partition in turn, so a wait here
+        # delays all the others. librdkafka prefetches in the background; take what has arrived and
+        # back off a little when a partition is idle.
+        messages = self._consumer.consume(self._batch_size, 0)
+        self._awake = None if messages else datetime.now(UTC) + _IDLE_BACKOFF
         batch: list[RawRecord] = []
         for message in messages:
             error = message.error()
@@ -123,6 +130,9 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
             batch.append(RawRecord(self._topic, self._partition, offset, message.key(), message.value()))
             self._next = offset + 1
         return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> int:
         return self._next
