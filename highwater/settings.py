@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         """The ClickHouse DSN, defaulting to embedded chDB inside the state dir."""
         return self.clickhouse_dsn or f"chdb://{self.state_dir / 'clickhouse'}"
 
+    def for_generation(self, generation: str) -> Settings:
+        """A copy whose online state lives in ``generation``, with a consumer group of its own.
+
+        Example:
+            >>> Settings().for_generation("crash").stream.consumer_group
+            'highwater-features-crash'
+        """
+        copy = self.model_copy(deep=True)
+        copy.online.generation = generation
+        copy.stream.consumer_group = f"{self.stream.consumer_group}-{generation}"
+        return copy
+
     def kafka_config(self, **extra: Any) -> dict[str, Any]:
         """Base librdkafka configuration for this deployment, merged with ``extra`` (librdkafka names)."""
         config: dict[str, Any] = {"bootstrap.servers": self.broker_bootstrap}

@@ -22,9 +22,7 @@ def _event(txn: str, card: str, at: int, amount: float, merchant: str = "m1") ->
 
 
 def _store(stack: Settings, generation: str) -> RedisOnlineStore:
-    settings = stack.model_copy(deep=True)
-    settings.online.generation = generation
-    return RedisOnlineStore.from_settings(settings)
+    return RedisOnlineStore.from_settings(stack.for_generation(generation))
 
 
 def test_window_bounds_are_exclusive_below_and_inclusive_above(

@@ -182,9 +182,7 @@ def _snapshot(settings: Settings, as_of_ms: int, expected: Expected) -> dict[str
 def test_a_killed_job_resumes_without_losing_or_double_counting(
     pipeline: Settings, applied: RedisOnlineStore, expected: Expected
 ) -> None:
-    crashing = pipeline.model_copy(deep=True)
-    crashing.online.generation = "crash"
-    crashing.stream.consumer_group = "highwater-crash"
+    crashing = pipeline.for_generation("crash")
     crashing.stream.batch_size = 200
     env = os.environ | settings_env(crashing)
     job = subprocess.Popen(
@@ -219,9 +217,7 @@ def test_a_killed_job_resumes_without_losing_or_double_counting(
 def test_processing_the_same_offsets_twice_changes_no_value(
     pipeline: Settings, applied: RedisOnlineStore, expected: Expected
 ) -> None:
-    twice = pipeline.model_copy(deep=True)
-    twice.online.generation = "twice"
-    twice.stream.consumer_group = "highwater-twice"
+    twice = pipeline.for_generation("twice")
     run_job(until_end=True, settings=twice, show_progress=False)
     store = RedisOnlineStore.from_settings(twice)
     before = store.counters()
