@@ -7,7 +7,6 @@ registered schema text keeps it.
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import cache
 from typing import Any
@@ -35,4 +34,4 @@ def parse_for_decoding(schema_text: str) -> Any:
 @cache
 def decode_schema(topic: str) -> Any:
     """The parsed reader schema of ``topic`` (the project's current ``.avsc``)."""
-    return parse_for_decoding(json.dumps(copy.deepcopy(CATALOG.schema(topic))))
+    return parse_for_decoding(CATALOG.entry(topic).text)

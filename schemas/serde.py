@@ -29,7 +29,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.catalog import CATALOG, SchemaCatalog
-from schemas.codec import decode_schema, parse_for_decoding
+from schemas.codec import parse_for_decoding
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -129,11 +129,7 @@ class AvroSerde:
         """
         key = (schema_id, topic)
         if key not in self._resolve:
-            reader = (
-                decode_schema(topic)
-                if self._catalog is CATALOG
-                else parse_for_decoding(self._catalog.entry(topic).text)
-            )
+            reader = parse_for_decoding(self._catalog.entry(topic).text)
             self._resolve[key] = None if reader == writer else reader
         return self._resolve[key]
 

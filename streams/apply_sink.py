@@ -18,49 +18,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from highwater.settings import Settings
 from schemas.catalog import DEAD_LETTER, LATE_EVENTS
-from schemas.serde import AvroSerde
 from sinks.online import AppliedEvent, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.event_time import Classified, Fate
 from streams.features import REGISTRY, FeatureRegistry
+from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _DeliveryTracker:
-    failures: list[str] = field(default_factory=list)
-
-    def __call__(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}: {err.str()}")
 
 
 class RoutedRecords:
     """Produces late and malformed records to their topics, with provenance and reason."""
 
-    def __init__(self, settings: Settings, serde: AvroSerde) -> None:
-        self._serde = serde
-        self._producer = Producer(
-            settings.kafka_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5})
-        )
-        self._delivery = _DeliveryTracker()
-        self._pending = 0
+    def __init__(self, settings: Settings) -> None:
+        self._producer = EventProducer(settings)
 
     def route(self, item: Classified) -> None:
-        """Queue ``item`` for its side topic."""
+        """Queue ``item`` for its side topic, keyed ``topic:partition:offset`` of the source record."""
         raw = item.raw
         key = f"{raw.topic}:{raw.partition}:{raw.offset}".encode()
         if item.fate is Fate.LATE:
             assert item.event is not None and item.watermark_ms is not None
-            record = {
+            late = {
                 "reason": item.reason,
                 "source_topic": raw.topic,
                 "source_partition": raw.partition,
@@ -70,9 +55,9 @@ class RoutedRecords:
                 "lateness_ms": item.lateness_ms,
                 "original": raw.value or b"",
             }
-            topic = LATE_EVENTS
+            self._producer.produce(LATE_EVENTS, late, key=key)
         else:
-            record = {
+            dead = {
                 "error_type": item.error_type,
                 "error": item.reason,
                 "source_topic": raw.topic,
@@ -81,27 +66,11 @@ class RoutedRecords:
                 "original_key": raw.key,
                 "original": raw.value,
             }
-            topic = DEAD_LETTER
-        value = self._serde.encode(topic, record)
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.1)
-        self._pending += 1
+            self._producer.produce(DEAD_LETTER, dead, key=key)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every queued record is acknowledged; raise if any was not."""
-        if self._pending == 0:
-            return
-        remaining = self._producer.flush(timeout)
-        self._pending = 0
-        if remaining or self._delivery.failures:
-            failures, self._delivery.failures = self._delivery.failures, []
-            raise RuntimeError(
-                f"side-topic delivery failed ({remaining} unacknowledged): {'; '.join(failures[:5])}"
-            )
+        """Wait until every queued record is acknowledged; DeliveryError if any was not."""
+        self._producer.flush(timeout)
 
 
 class _ApplyPartition(StatelessSinkPartition[Classified]):
@@ -114,7 +83,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
     ) -> None:
         self._store = store
         self._registry = registry
-        self._routed = RoutedRecords(settings, AvroSerde(settings.schema_registry_url))
+        self._routed = RoutedRecords(settings)
         self._committer = Consumer(
             settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
         )

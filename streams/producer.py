@@ -138,15 +138,16 @@ class EventProducer:
         self._errors: list[str] = []
 
     # --- single records -------------------------------------------------------------------------------
-    def produce(self, topic: str, record: dict[str, Any]) -> None:
+    def produce(self, topic: str, record: dict[str, Any], *, key: bytes | None = None) -> None:
         """Validate and enqueue one record; ValueError naming the field(s) if it is invalid.
 
-        Delivery is asynchronous: call :meth:`flush` to wait for the broker's acknowledgement.
+        The message key is the topic's key field (``KEY_FIELDS``) unless ``key`` is given. Delivery is
+        asynchronous: call :meth:`flush` to wait for the broker's acknowledgement.
         """
         errors = record_errors(topic, record)
         if errors:
             raise ValueError(f"invalid {topic} record: {'; '.join(errors)}")
-        self._send(topic, record)
+        self._send(topic, record, key)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every queued message is acknowledged.
@@ -235,10 +236,11 @@ class EventProducer:
         return outcomes
 
     # --- internals ------------------------------------------------------------------------------------
-    def _send(self, topic: str, record: dict[str, Any]) -> None:
+    def _send(self, topic: str, record: dict[str, Any], key: bytes | None = None) -> None:
         value = self._serde.encode(topic, record)
-        key_field = KEY_FIELDS.get(topic)
-        key = str(record[key_field]).encode("utf-8") if key_field else None
+        if key is None:
+            key_field = KEY_FIELDS.get(topic)
+            key = str(record[key_field]).encode("utf-8") if key_field else None
         self._pace()
         while True:
             try:
