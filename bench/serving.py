@@ -9,10 +9,9 @@ One run, on a local stack of its own:
 3. measure sequential requests, after a warm-up, for 1 card id and for 100 card ids, every card
    feature, as of the pipeline clock (the default), ids drawn from the ingested cards with a fixed seed;
 4. baseline in the same loop: raw Redis reads of the same ids through redis-py, without aggregation or
-   gRPC: one pipelined round trip of ``ZRANGEBYSCORE ev-key (as_of-7d as_of WITHSCORES`` per id, then
-   one pipelined round trip of ``HMGET pl-key <event ids>`` per id, i.e. the raw data the features are
-   computed from. gRPC and raw requests alternate (same ids, alternating order), so machine noise hits
-   both series alike.
+   gRPC: one pipelined round trip of ``ZRANGEBYSCORE ev-key (as_of-7d as_of WITHSCORES`` per id, i.e.
+   the raw events (with their feature fields) the features are computed from. gRPC and raw requests
+   alternate (same ids, alternating order), so machine noise hits both series alike.
 
 Targets (from the issue): p99 <= 2 ms for 1 id and <= 10 ms for 100 ids. The client-side time includes
 protobuf decoding into Python values (what a Python caller pays). Writes ``bench/results/serving.md``,
@@ -84,7 +83,7 @@ class Series:
 
 
 class RawReader:
-    """The baseline: the window's raw events of each id, read with two pipelined round trips."""
+    """The baseline: the window's raw events of each id, read with one pipelined round trip."""
 
     def __init__(self, client: redis.Redis, store: RedisOnlineStore, as_of_ms: int) -> None:
         self._client = client
@@ -95,26 +94,18 @@ class RawReader:
         self._high = str(as_of_ms)
 
     def read(self, entity_ids: Sequence[str]) -> int:
-        """Read every id's events and payloads; returns how many events were read."""
+        """Read every id's events (with their feature fields); returns how many events were read."""
         ranges = self._client.pipeline(transaction=False)
         for entity_id in entity_ids:
             ranges.zrangebyscore(self._keys.events(ENTITY, entity_id), self._low, self._high, withscores=True)
-        rows = ranges.execute()
-        payloads = self._client.pipeline(transaction=False)
-        events = 0
-        for entity_id, row in zip(entity_ids, rows, strict=True):
-            if row:
-                payloads.hmget(self._keys.payloads(ENTITY, entity_id), [member for member, _ in row])
-                events += len(row)
-        payloads.execute()
-        return events
+        return sum(len(row) for row in ranges.execute())
 
 
 def round_trip_floor(redis_client: redis.Redis, target: str, count: int) -> tuple[Series, Series]:
     """Latency of the cheapest call of each transport: Redis PING and the gRPC health check.
 
     Neither reads data; together they say what any request pays on this machine's loopback before it
-    does any work (the server's request makes one gRPC and two Redis round trips).
+    does any work (the server's request makes one gRPC and one Redis round trip).
     """
     ping, health = Series("Redis PING"), Series("gRPC Health/Check")
     with grpc.insecure_channel(target) as channel:
@@ -281,13 +272,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.requests:,} measured sequential requests per case after {args.warmup} warm-up requests; ids "
         f"drawn with random.Random({args.seed}) from the ingested cards (distinct ids within a request).",
         "gRPC: in-process server (build_server, 8 worker threads) and FeatureClient over 127.0.0.1; the time "
-        "includes protobuf decoding into Python values. The server makes two Redis calls per request "
-        "(GET clock, then one Lua script reading and aggregating all ids).",
-        "Raw Redis baseline: redis-py (hiredis) with two pipelined round trips per request (ZRANGEBYSCORE "
-        "WITHSCORES over the 7-day window per id, then HMGET of those events' payloads per id); no "
+        "includes protobuf decoding into Python values. The server makes one Redis call per request "
+        "(one Lua script reading the clock and aggregating all ids).",
+        "Raw Redis baseline: redis-py (hiredis) with one pipelined round trip per request (ZRANGEBYSCORE "
+        "WITHSCORES over the 7-day window per id, members carrying the feature fields); no "
         "aggregation, no gRPC. gRPC and raw requests alternate over the same ids.",
         "Round-trip floor: 1,000 Redis PINGs and 1,000 gRPC health checks after the measured requests; a "
-        "GetOnlineFeatures call pays at least one gRPC and two Redis round trips (GET clock, EVALSHA).",
+        "GetOnlineFeatures call pays at least one gRPC and one Redis round trip (EVALSHA).",
         "Client, server, Redis and the broker share 2 CPUs; the tail (p99.9, max) is sensitive to other "
         "load on the machine.",
     ]

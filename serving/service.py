@@ -30,7 +30,7 @@ import redis
 
 from serving.protos import features_pb2, features_pb2_grpc
 from serving.timeconv import format_duration_ms, format_ms, ms_to_timestamp, timestamp_to_ms
-from sinks.online import FeatureValue, OnlineStore
+from sinks.online import AsOfTooOldError, FeatureValue, NoClockError, OnlineStore
 from streams.features import REGISTRY, Feature, FeatureRegistry
 
 SERVICE_NAME = "highwater.v1.FeatureService"
@@ -90,19 +90,18 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         entity = self._validate_entity(request.entity)
         entity_ids = self._validate_entity_ids(request.entity_ids)
         features = self._validate_features(entity, request.features)
-        clock_ms = self._call_store("read the event-time clock", self._store.clock_ms)
-        as_of_ms = self._resolve_as_of(request, clock_ms)
+        requested_as_of = self._validate_as_of(request)
         names = [f.name for f in features]
-        rows = self._call_store(
+        answer = self._call_store(
             f"read {len(entity_ids)} {entity} id(s)",
-            lambda: self._store.read(entity, entity_ids, names, as_of_ms),
+            lambda: self._store.read(entity, entity_ids, names, requested_as_of),
         )
         response = features_pb2.GetOnlineFeaturesResponse(
-            as_of=ms_to_timestamp(as_of_ms), feature_names=names
+            as_of=ms_to_timestamp(answer.as_of_ms), feature_names=names
         )
-        if clock_ms is not None:
-            response.event_time_clock.CopyFrom(ms_to_timestamp(clock_ms))
-        for entity_id, row in zip(entity_ids, rows, strict=True):
+        if answer.clock_ms is not None:
+            response.event_time_clock.CopyFrom(ms_to_timestamp(answer.clock_ms))
+        for entity_id, row in zip(entity_ids, answer.rows, strict=True):
             result = response.results.add(entity_id=entity_id)
             for feature in features:
                 _fill_value(result.values.add(), feature, row[feature.name])
@@ -153,36 +152,37 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             features.append(feature)
         return features
 
-    def _resolve_as_of(self, request: features_pb2.GetOnlineFeaturesRequest, clock_ms: int | None) -> int:
+    @staticmethod
+    def _validate_as_of(request: features_pb2.GetOnlineFeaturesRequest) -> int | None:
+        """The requested ``as_of`` in ms, or None for the pipeline's clock (resolved by the store)."""
         if not request.HasField("as_of"):
-            if clock_ms is None:
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "as_of: not set, and the pipeline has no event-time clock yet (no event applied); "
-                    "run the stream job first or pass as_of",
-                )
-            return clock_ms
+            return None
         if not 0 <= request.as_of.nanos < 1_000_000_000:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"as_of: nanos must be in [0, 999999999], got {request.as_of.nanos}",
             )
-        as_of_ms = timestamp_to_ms(request.as_of)
-        retention_ms = self._store.retention_ms
-        if clock_ms is not None and as_of_ms < clock_ms - retention_ms:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"as_of: {format_ms(as_of_ms)} is older than the event-time clock {format_ms(clock_ms)} "
-                f"minus the online retention {format_duration_ms(retention_ms)} ({retention_ms} ms); "
-                f"the earliest servable as_of is {format_ms(clock_ms - retention_ms)}",
-            )
-        return as_of_ms
+        return timestamp_to_ms(request.as_of)
 
     # --- store access -------------------------------------------------------------------------------
     def _call_store(self, what: str, call: Callable[[], T]) -> T:
         """Run one store call, turning its failures into UNAVAILABLE (unreachable) or INTERNAL (other)."""
         try:
             return call()
+        except NoClockError:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "as_of: not set, and the pipeline has no event-time clock yet (no event applied); "
+                "run the stream job first or pass as_of",
+            ) from None
+        except AsOfTooOldError as error:
+            as_of_ms, clock_ms, retention_ms = error.as_of_ms, error.clock_ms, error.retention_ms
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"as_of: {format_ms(as_of_ms)} is older than the event-time clock {format_ms(clock_ms)} "
+                f"minus the online retention {format_duration_ms(retention_ms)} ({retention_ms} ms); "
+                f"the earliest servable as_of is {format_ms(clock_ms - retention_ms)}",
+            ) from None
         except (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError) as error:
             logger.warning(
                 "online store unavailable while trying to %s: %s",

@@ -6,7 +6,7 @@ Implementations: :class:`sinks.redis_online.RedisOnlineStore`.
 
 Example:
     >>> store = RedisOnlineStore.from_settings(settings)                  # doctest: +SKIP
-    >>> store.read("card", ["c1"], ["card_txn_count_1h"], as_of_ms=1_700_000_000_000)  # doctest: +SKIP
+    >>> store.read("card", ["c1"], ["card_txn_count_1h"], as_of_ms=1_700_000_000_000).rows  # doctest: +SKIP
     [{'card_txn_count_1h': FeatureValue(value=3, latest_event_time_ms=1699999990000)}]
 """
 
@@ -14,26 +14,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class FeatureValue:
+class FeatureValue(NamedTuple):
     """A feature's value as of a time (None is null, distinct from 0) and its newest contributing event."""
 
     value: float | int | None
     latest_event_time_ms: int | None
 
 
-@dataclass(frozen=True)
-class AppliedEvent:
-    """One on-time event as the online store needs it: its id, time and the fields features read."""
+class EntityUpdate(NamedTuple):
+    """What one event contributes to one entity id: the fields that entity's features read, as text."""
 
     entity: str
     entity_id: str
+    fields: tuple[str, ...]
+
+
+class AppliedEvent(NamedTuple):
+    """One on-time event as the online store needs it: its id (the idempotency key), time and updates.
+
+    An event is applied as a whole or not at all: a second event with an id already applied is a
+    duplicate for every entity it names, whatever its content.
+    """
+
     event_id: str
     event_time_ms: int
-    fields: tuple[str, ...]
+    updates: tuple[EntityUpdate, ...]
+
+
+class OnlineRead(NamedTuple):
+    """The answer to a read: the ``as_of`` used, the event-time clock at read time, a row per id."""
+
+    as_of_ms: int
+    clock_ms: int | None
+    rows: list[dict[str, FeatureValue]]
+
+
+class NoClockError(Exception):
+    """A read without ``as_of`` before any event was applied: there is no clock to default to."""
+
+
+class AsOfTooOldError(Exception):
+    """``as_of`` is older than the clock minus the retention: the store no longer holds what it needs."""
+
+    def __init__(self, as_of_ms: int, clock_ms: int, retention_ms: int) -> None:
+        super().__init__(f"as_of {as_of_ms} is older than clock {clock_ms} minus retention {retention_ms} ms")
+        self.as_of_ms = as_of_ms
+        self.clock_ms = clock_ms
+        self.retention_ms = retention_ms
 
 
 @dataclass(frozen=True)
@@ -68,9 +98,14 @@ class OnlineStore(Protocol):
         """Apply events idempotently (by event id) and store checkpoints and counters atomically."""
 
     def read(
-        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int
-    ) -> list[dict[str, FeatureValue]]:
-        """Per id (in request order), each feature's value as of ``as_of_ms``."""
+        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int | None = None
+    ) -> OnlineRead:
+        """Per id (in request order), each feature's value as of ``as_of_ms`` (default: the clock).
+
+        Reads the clock in the same step, so a caller needs one round trip. Raises
+        :class:`NoClockError` when ``as_of_ms`` is None and nothing was applied yet, and
+        :class:`AsOfTooOldError` when ``as_of_ms`` is older than the clock minus ``retention_ms``.
+        """
 
     def clock_ms(self) -> int | None:
         """The pipeline's event-time clock: the highest applied event_time; None before any event."""

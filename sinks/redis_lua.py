@@ -2,55 +2,72 @@
 
 Both scripts are atomic in Redis. ``APPLY_BATCH`` applies a batch of events, the partitions'
 checkpoints, the counters and the event-time clock in one step, so a crash leaves either all of a
-batch or none of it. ``READ_FEATURES`` aggregates each entity's events over the requested windows as of
-a time, so only the answers cross the network.
+batch or none of it. ``READ_FEATURES`` reads the clock, checks ``as_of`` against the retention and
+aggregates each entity's events over the requested windows, so one round trip answers a request and
+only the answers cross the network.
 
-Payloads are the entity's feature fields joined by the unit separator (0x1f), in the order of
+An entity's events live in one sorted set: score = event_time, member = the event id followed by the
+entity's feature fields, joined by the unit separator (0x1f), fields in the order of
 ``FeatureRegistry.fields_of``. Numbers go back to Python as strings (``%.17g``) so no precision is lost
 to Redis' integer conversion of Lua numbers.
+
+Lua's ``unpack`` is limited to a few thousand values, so variadic calls go in chunks of ``CHUNK``.
 """
 
 APPLY_BATCH = r"""
--- KEYS: checkpoints hash, clock string, counters hash, then (events zset, payload hash) per event
--- ARGV: ttl_ms, trim_before, n_events, [event_id, event_time, payload] * n_events,
+-- KEYS: checkpoints hash, clock string, counters hash, seen zset, then one events zset per entity id
+-- ARGV: ttl_ms, trim_before, n_events, [event_id, event_time] * n_events,
+--       n_keys, per key: m, [event_index] * m, [event_time, member] * m,
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
-local ttl = ARGV[1]
-local trim = ARGV[2]
-local trim_n = tonumber(trim)
-local n_events = tonumber(ARGV[3])
+local CHUNK = 1000
+local ttl, trim_arg = ARGV[1], ARGV[2]
+local trim = tonumber(trim_arg)
+local seen = KEYS[4]
+local n = tonumber(ARGV[3])
 local a = 4
-local duplicates = 0
-local applied = 0
-local touched = {}
-local touched_order = {}
-for i = 1, n_events do
-  local zkey, hkey = KEYS[3 + 2 * i - 1], KEYS[3 + 2 * i]
-  local event_id, event_time, payload = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  a = a + 3
-  if tonumber(event_time) >= trim_n then
-    if redis.call('HSETNX', hkey, event_id, payload) == 1 then
-      redis.call('ZADD', zkey, event_time, event_id)
-      applied = applied + 1
-    else
-      duplicates = duplicates + 1
+-- An event is skipped whole when its id was applied before (first wins) or it is older than the kept
+-- horizon (no servable read reaches it).
+local skip, skipped, duplicates, beyond = {}, 0, 0, 0
+for e = 1, n do
+  local id, t = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  if tonumber(t) < trim then
+    skip[e] = true; skipped = skipped + 1; beyond = beyond + 1
+  elseif redis.call('ZADD', seen, 'NX', t, id) == 0 then
+    skip[e] = true; skipped = skipped + 1; duplicates = duplicates + 1
+  end
+end
+local n_keys = tonumber(ARGV[a]); a = a + 1
+for k = 1, n_keys do
+  local key = KEYS[4 + k]
+  local m = tonumber(ARGV[a]); a = a + 1
+  local first_index = a
+  a = a + m
+  local pairs_at = a
+  a = a + 2 * m
+  local members = nil
+  if skipped > 0 then
+    members = {}
+    for j = 0, m - 1 do
+      if not skip[tonumber(ARGV[first_index + j])] then
+        members[#members + 1] = ARGV[pairs_at + 2 * j]
+        members[#members + 1] = ARGV[pairs_at + 2 * j + 1]
+      end
     end
   end
-  if not touched[zkey] then
-    touched[zkey] = true
-    touched_order[#touched_order + 1] = {zkey, hkey}
+  if members == nil then
+    for c = 0, m - 1, CHUNK do
+      redis.call('ZADD', key, unpack(ARGV, pairs_at + 2 * c, pairs_at + 2 * math.min(m, c + CHUNK) - 1))
+    end
+  else
+    for c = 1, #members, 2 * CHUNK do
+      redis.call('ZADD', key, unpack(members, c, math.min(#members, c + 2 * CHUNK - 1)))
+    end
   end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. trim_arg)
+  redis.call('PEXPIRE', key, ttl)
 end
--- Once per touched entity: drop events older than the trim horizon, refresh the TTL.
-for _, pair in ipairs(touched_order) do
-  local zkey, hkey = pair[1], pair[2]
-  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. trim, 'LIMIT', 0, 1000)
-  if #old > 0 then
-    redis.call('HDEL', hkey, unpack(old))
-    redis.call('ZREM', zkey, unpack(old))
-  end
-  redis.call('PEXPIRE', zkey, ttl)
-  redis.call('PEXPIRE', hkey, ttl)
-end
+redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. trim_arg)
 local n_ckpt = tonumber(ARGV[a]); a = a + 1
 for i = 1, n_ckpt do
   redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1]); a = a + 2
@@ -59,50 +76,61 @@ local n_counters = tonumber(ARGV[a]); a = a + 1
 for i = 1, n_counters do
   redis.call('HINCRBY', KEYS[3], ARGV[a], ARGV[a + 1]); a = a + 2
 end
-if duplicates > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate_entity_updates', duplicates) end
+if duplicates > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', duplicates) end
+if beyond > 0 then redis.call('HINCRBY', KEYS[3], 'beyond_online_horizon', beyond) end
 local candidate = ARGV[a]
 if candidate ~= '' then
   local current = redis.call('GET', KEYS[2])
   if (not current) or tonumber(candidate) > tonumber(current) then redis.call('SET', KEYS[2], candidate) end
 end
-return {applied, duplicates}
+return {n - skipped, duplicates}
 """
 
 READ_FEATURES = r"""
--- KEYS: (events zset, payload hash) per entity id
--- ARGV: as_of_ms, n_features, [aggregation, window_ms, field_index] * n_features
--- Returns per entity id, per feature: value ('' = null), latest contributing event time ('' = none)
-local as_of = tonumber(ARGV[1])
-local nf = tonumber(ARGV[2])
-local specs, max_w = {}, 0
-for i = 1, nf do
-  local w = tonumber(ARGV[3 + 3 * (i - 1) + 1])
-  specs[i] = {ARGV[3 + 3 * (i - 1)], w, tonumber(ARGV[3 + 3 * (i - 1) + 2])}
-  if w > max_w then max_w = w end
+-- KEYS: clock string, then one events zset per entity id
+-- ARGV: as_of_ms ('' = the clock), retention_ms, n_features, [aggregation, window_ms, field_index] * n
+--       (field_index counts the entity's feature fields from 1; 0 = none)
+-- Returns {status, as_of, clock ('' = none), then per entity id, per feature: value ('' = null),
+--          latest contributing event time ('' = none)}; status 'ok', 'no_clock' or 'too_old'.
+local clock = redis.call('GET', KEYS[1])
+local as_of
+if ARGV[1] == '' then
+  if not clock then return {'no_clock', '', ''} end
+  as_of = tonumber(clock)
+else
+  as_of = tonumber(ARGV[1])
+  if clock and as_of < tonumber(clock) - tonumber(ARGV[2]) then return {'too_old', ARGV[1], clock} end
 end
-local function field(payload, index)
-  local start = 1
-  for _ = 2, index do start = string.find(payload, '\31', start, true) + 1 end
-  local stop = string.find(payload, '\31', start, true)
-  if stop then return string.sub(payload, start, stop - 1) end
-  return string.sub(payload, start)
+local nf = tonumber(ARGV[3])
+local specs, max_w, needs_fields = {}, 0, false
+for i = 1, nf do
+  local base = 4 + 3 * (i - 1)
+  local w, fi = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  specs[i] = {ARGV[base], w, fi}
+  if w > max_w then max_w = w end
+  if fi > 0 then needs_fields = true end
 end
 local function num(x) return string.format('%.17g', x) end
-local out = {}
-for k = 1, #KEYS, 2 do
+local function split(member)
+  local parts, start = {}, 1
+  while true do
+    local stop = string.find(member, '\31', start, true)
+    if not stop then parts[#parts + 1] = string.sub(member, start); return parts end
+    parts[#parts + 1] = string.sub(member, start, stop - 1)
+    start = stop + 1
+  end
+end
+local out = {'ok', string.format('%d', as_of), clock or ''}
+for k = 2, #KEYS do
   local rows = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
   local n = #rows / 2
-  local times, ids, payloads = {}, {}, {}
-  for j = 1, n do ids[j] = rows[2 * j - 1]; times[j] = tonumber(rows[2 * j]) end
-  local j0 = 1
-  while j0 <= n do
-    local j1 = math.min(n, j0 + 3999)
-    local chunk = redis.call('HMGET', KEYS[k + 1], unpack(ids, j0, j1))
-    for j = j0, j1 do payloads[j] = chunk[j - j0 + 1] end
-    j0 = j1 + 1
+  local times, parts = {}, {}
+  for j = 1, n do
+    times[j] = tonumber(rows[2 * j])
+    if needs_fields then parts[j] = split(rows[2 * j - 1]) end
   end
   for i = 1, nf do
-    local agg, w, fi = specs[i][1], specs[i][2], specs[i][3]
+    local agg, w, fi = specs[i][1], specs[i][2], specs[i][3] + 1  -- + 1: the event id comes first
     local lo = as_of - w
     local first = n + 1
     for j = n, 1, -1 do if times[j] > lo then first = j else break end end
@@ -117,14 +145,14 @@ for k = 1, #KEYS, 2 do
     elseif agg == 'distinct_count' then
       local seen, d = {}, 0
       for j = first, n do
-        local v = field(payloads[j], fi)
+        local v = parts[j][fi]
         if not seen[v] then seen[v] = true; d = d + 1 end
       end
       value = string.format('%d', d)
     else
       local sum, mx = 0, nil
       for j = first, n do
-        local v = tonumber(field(payloads[j], fi))
+        local v = tonumber(parts[j][fi])
         sum = sum + v
         if mx == nil or v > mx then mx = v end
       end

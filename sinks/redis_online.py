@@ -1,29 +1,35 @@
 """Redis implementation of the online store.
 
 Key layout (``{gen}`` is the generation namespace, default ``g1``; ``{entity:id}`` is a Redis Cluster
-hash tag so an entity's two keys share a slot):
+hash tag):
 
 =================================  ======  =========================================================
-``hw:{gen}:ev:{entity:id}``        zset    member = event id (transaction_id), score = event_time ms
-``hw:{gen}:pl:{entity:id}``        hash    event id -> the entity's feature fields, 0x1f-separated
+``hw:{gen}:ev:{entity:id}``        zset    score = event_time ms; member = event id, then the entity's
+                                           feature fields, 0x1f-separated (``FeatureRegistry.fields_of``)
+``hw:{gen}:meta:seen``             zset    member = applied event id, score = its event_time: the
+                                           idempotency index (first applied wins)
 ``hw:{gen}:meta:checkpoints``      hash    ``topic:partition`` -> ``next_offset:max_event_time``
 ``hw:{gen}:meta:clock``            string  highest applied event_time (the serving clock), ms
-``hw:{gen}:meta:counters``         hash    applied, late, malformed:<kind>, duplicate_entity_updates
+``hw:{gen}:meta:counters``         hash    applied, late, malformed:<kind>, duplicates,
+                                           beyond_online_horizon
 =================================  ======  =========================================================
 
 Why raw events rather than pre-aggregated tiles: every window boundary (T-W, T] is then exact for any
-T, windows empty out by themselves as T moves, and idempotency is by event id (``HSETNX``): applying the
-same offsets twice changes nothing. Events older than the longest window plus the online retention are
-trimmed as the partition's clock moves; idle entities expire by TTL (processing time).
+T, windows empty out by themselves as T moves, and a read is one range scan per id. Idempotency is by
+event id: an id already in ``meta:seen`` is a duplicate and changes nothing, so applying the same
+offsets twice is harmless. Events older than the kept horizon (longest window + online retention +
+out-of-orderness + lateness behind the partition clock) are trimmed from both sets as the clock moves;
+idle entities expire by TTL (processing time).
 
 A batch is applied by one Lua script (atomic): events, partition checkpoints, counters and clock move
 together, so a crash never leaves offsets committed for writes that did not happen or the reverse. That
 script touches many keys, which suits a standalone Redis (or one primary); for Redis Cluster the batch
-would be split per slot.
+would be split per slot and the idempotency index kept per slot.
 
 Example:
     >>> store = RedisOnlineStore.from_settings(Settings())   # doctest: +SKIP
-    >>> store.read("card", ["card-1"], ["card_txn_count_1h"], as_of_ms=1_772_409_600_000)  # doctest: +SKIP
+    >>> answer = store.read("card", ["card-1"], ["card_txn_count_1h"], 1_772_409_600_000)  # doctest: +SKIP
+    >>> answer.rows  # doctest: +SKIP
     [{'card_txn_count_1h': FeatureValue(value=2, latest_event_time_ms=1772409000000)}]
 """
 
@@ -34,7 +40,14 @@ from collections.abc import Sequence
 import redis
 
 from highwater.settings import Settings
-from sinks.online import FeatureValue, PartitionCheckpoint, WriteBatch
+from sinks.online import (
+    AsOfTooOldError,
+    FeatureValue,
+    NoClockError,
+    OnlineRead,
+    PartitionCheckpoint,
+    WriteBatch,
+)
 from sinks.redis_lua import APPLY_BATCH, READ_FEATURES
 from streams.features import REGISTRY, FeatureRegistry
 
@@ -49,14 +62,12 @@ class KeyLayout:
         self.checkpoints = f"{self.prefix}:meta:checkpoints"
         self.clock = f"{self.prefix}:meta:clock"
         self.counters = f"{self.prefix}:meta:counters"
+        self.seen = f"{self.prefix}:meta:seen"
+        self._events = f"{self.prefix}:ev:{{"
 
     def events(self, entity: str, entity_id: str) -> str:
-        """The time index of one entity id."""
-        return f"{self.prefix}:ev:{{{entity}:{entity_id}}}"
-
-    def payloads(self, entity: str, entity_id: str) -> str:
-        """The payloads of one entity id's events."""
-        return f"{self.prefix}:pl:{{{entity}:{entity_id}}}"
+        """The events of one entity id."""
+        return f"{self._events}{entity}:{entity_id}}}"
 
 
 class RedisOnlineStore:
@@ -91,60 +102,90 @@ class RedisOnlineStore:
 
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
-        """Apply ``batch`` atomically; events already applied (same id) are counted, not re-applied."""
+        """Apply ``batch`` atomically; an event whose id was applied before is counted, not re-applied."""
         partition_max = max(
             (c.max_event_time_ms for c in batch.checkpoints if c.max_event_time_ms is not None), default=None
         )
-        keys: list[str] = [self.keys.checkpoints, self.keys.clock, self.keys.counters]
         # Trimming by the batch's highest partition clock is safe: reads never reach below
         # clock - retention - longest window, and keep_ms is larger than that span.
         trim = (partition_max - self._keep_ms) if partition_max is not None else 0
-        args: list[str | int] = [self._ttl_ms, trim, len(batch.events)]
+        events_key = self.keys.events
+        event_args: list[str | int] = []
+        by_key: dict[str, tuple[list[int], list[str | int]]] = {}
+        first_seen: set[str] = set()
+        repeated = 0
         for event in batch.events:
-            keys.append(self.keys.events(event.entity, event.entity_id))
-            keys.append(self.keys.payloads(event.entity, event.entity_id))
-            args.extend((event.event_id, event.event_time_ms, FIELD_SEPARATOR.join(event.fields)))
+            if event.event_id in first_seen:  # a second copy in the same batch: the script cannot tell
+                repeated += 1
+                continue
+            first_seen.add(event.event_id)
+            event_args += (event.event_id, event.event_time_ms)
+            index = len(first_seen)
+            for update in event.updates:
+                key = events_key(update.entity, update.entity_id)
+                group = by_key.get(key)
+                if group is None:
+                    group = by_key[key] = ([], [])
+                group[0].append(index)
+                group[1].extend((event.event_time_ms, FIELD_SEPARATOR.join((event.event_id, *update.fields))))
+        keys = [self.keys.checkpoints, self.keys.clock, self.keys.counters, self.keys.seen, *by_key]
+        args: list[str | int] = [self._ttl_ms, trim, len(first_seen), *event_args, len(by_key)]
+        for indexes, pairs in by_key.values():
+            args.append(len(indexes))
+            args += indexes
+            args += pairs
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:
             max_time = "" if ckpt.max_event_time_ms is None else str(ckpt.max_event_time_ms)
-            args.extend((f"{ckpt.topic}:{ckpt.partition}", f"{ckpt.next_offset}:{max_time}"))
-        args.append(len(batch.counters))
-        for name, increment in batch.counters.items():
-            args.extend((name, increment))
+            args += (f"{ckpt.topic}:{ckpt.partition}", f"{ckpt.next_offset}:{max_time}")
+        counters = dict(batch.counters)
+        if repeated:
+            counters["duplicates"] = counters.get("duplicates", 0) + repeated
+        args.append(len(counters))
+        for name, increment in counters.items():
+            args += (name, increment)
         args.append("" if partition_max is None else partition_max)
         self._apply(keys=keys, args=args)
 
     # --- reading ------------------------------------------------------------------------------------
     def read(
-        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int
-    ) -> list[dict[str, FeatureValue]]:
-        """Per id, each feature as of ``as_of_ms`` (exact window semantics, see docs/features.md)."""
-        if not entity_ids:
-            return []
+        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int | None = None
+    ) -> OnlineRead:
+        """Per id, each feature as of ``as_of_ms`` or the clock (exact semantics, docs/features.md).
+
+        One round trip: the clock, the retention check and every id's aggregates come from one script.
+        """
         fields = self._registry.fields_of(entity)
         specs = [self._registry.feature(name) for name in features]
-        args: list[str | int] = [as_of_ms, len(specs)]
+        args: list[str | int] = ["" if as_of_ms is None else as_of_ms, self.retention_ms, len(specs)]
         for spec in specs:
             index = fields.index(spec.field) + 1 if spec.field else 0
-            args.extend((spec.aggregation.value, spec.window_ms, index))
-        keys: list[str] = []
-        for entity_id in entity_ids:
-            keys.append(self.keys.events(entity, entity_id))
-            keys.append(self.keys.payloads(entity, entity_id))
+            args += (spec.aggregation.value, spec.window_ms, index)
+        keys = [self.keys.clock]
+        keys += [self.keys.events(entity, entity_id) for entity_id in entity_ids]
         flat = self._read(keys=keys, args=args)
-        results: list[dict[str, FeatureValue]] = []
-        i = 0
+        status, raw_as_of, raw_clock = flat[0], flat[1], flat[2]
+        clock = int(raw_clock) if raw_clock != b"" else None
+        if status == b"no_clock":
+            raise NoClockError("no event has been applied yet, so there is no event-time clock")
+        if status == b"too_old":
+            assert clock is not None and as_of_ms is not None
+            raise AsOfTooOldError(as_of_ms, clock, self.retention_ms)
+        integral = [spec.aggregation.integral for spec in specs]
+        names = [spec.name for spec in specs]
+        rows: list[dict[str, FeatureValue]] = []
+        i = 3
         for _ in entity_ids:
             row: dict[str, FeatureValue] = {}
-            for spec in specs:
+            for name, is_int in zip(names, integral, strict=True):
                 raw_value, raw_time = flat[i], flat[i + 1]
                 i += 2
                 value: float | int | None = None
                 if raw_value != b"":
-                    value = int(raw_value) if spec.aggregation.integral else float(raw_value)
-                row[spec.name] = FeatureValue(value, int(raw_time) if raw_time != b"" else None)
-            results.append(row)
-        return results
+                    value = int(raw_value) if is_int else float(raw_value)
+                row[name] = FeatureValue(value, int(raw_time) if raw_time != b"" else None)
+            rows.append(row)
+        return OnlineRead(int(raw_as_of), clock, rows)
 
     def clock_ms(self) -> int | None:
         """The highest applied event_time, or None before anything was applied."""

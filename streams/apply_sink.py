@@ -24,13 +24,16 @@ from confluent_kafka import Consumer, TopicPartition
 
 from highwater.settings import Settings
 from schemas.catalog import DEAD_LETTER, LATE_EVENTS
-from sinks.online import AppliedEvent, OnlineStore, PartitionCheckpoint, WriteBatch
+from sinks.online import AppliedEvent, EntityUpdate, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.event_time import Classified, Fate
-from streams.features import REGISTRY, FeatureRegistry
+from streams.features import REGISTRY, FeatureRegistry, as_text
 from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
+
+# (event id field, event time field, [(entity, key field, feature fields)]) of one source topic
+_TopicLayout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
 
 
 class RoutedRecords:
@@ -88,6 +91,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
         )
         self._progress = progress
+        self._layouts: dict[str, _TopicLayout] = {}
         # One write in flight: Redis applies batch N while Python classifies batch N+1. Writes stay in
         # order (one worker thread), and each batch's side-topic records are flushed before it is submitted.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
@@ -100,7 +104,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             last[(item.raw.topic, item.raw.partition)] = item
             if item.fate is Fate.APPLIED:
                 assert item.event is not None
-                batch.events.extend(self._entity_events(item))
+                batch.events.append(self._applied_event(item))
                 counter = "applied"
             else:
                 self._routed.route(item)
@@ -128,22 +132,36 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             self._inflight.result()
             self._inflight = None
 
-    def _entity_events(self, item: Classified) -> list[AppliedEvent]:
+    def _applied_event(self, item: Classified) -> AppliedEvent:
         event = item.event
         assert event is not None
-        out = []
-        for entity in self._registry.entities_of_topic(item.raw.topic):
-            fields = self._registry.payload_of(entity.name, event)
-            out.append(
-                AppliedEvent(
-                    entity.name,
-                    str(event[entity.key_field]),
-                    str(event[entity.event_id_field]),
-                    int(event[entity.time_field]),
-                    fields,
+        layout = self._layouts.get(item.raw.topic) or self._layout(item.raw.topic)
+        id_field, time_field, entities = layout
+        return AppliedEvent(
+            str(event[id_field]),
+            int(event[time_field]),
+            tuple(
+                EntityUpdate(
+                    entity, str(event[key_field]), tuple(map(as_text, map(event.__getitem__, names)))
                 )
-            )
-        return out
+                for entity, key_field, names in entities
+            ),
+        )
+
+    def _layout(self, topic: str) -> _TopicLayout:
+        """Which fields of ``topic``'s events make the id, the time and each entity's update."""
+        entities = self._registry.entities_of_topic(topic)
+        ids = {(e.event_id_field, e.time_field) for e in entities}
+        if len(ids) != 1:
+            raise ValueError(f"{topic}: its entities disagree on the event id and time fields: {sorted(ids)}")
+        id_field, time_field = ids.pop()
+        layout = (
+            id_field,
+            time_field,
+            [(e.name, e.key_field, tuple(self._registry.fields_of(e.name))) for e in entities],
+        )
+        self._layouts[topic] = layout
+        return layout
 
     def close(self) -> None:
         self._routed.flush()

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.serde import AvroSerde, SerdeError
 from schemas.validate import business_rule_errors
 
 
-@dataclass(frozen=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """A record exactly as read from the log."""
 
     topic: str
@@ -47,8 +46,7 @@ class Fate(StrEnum):
     MALFORMED = "malformed"
 
 
-@dataclass(frozen=True)
-class Classified:
+class Classified(NamedTuple):
     """A record with its fate; ``max_event_time_ms`` is its partition's high-water mark after it."""
 
     raw: RawRecord

@@ -134,7 +134,7 @@ class FeatureRegistry:
 
     def payload_of(self, entity: str, event: Mapping[str, Any]) -> tuple[str, ...]:
         """The fields the entity's features read from ``event``, as text (floats round-trip exactly)."""
-        return tuple(_as_text(event[name]) for name in self.fields_of(entity))
+        return tuple(map(as_text, map(event.__getitem__, self.fields_of(entity))))
 
     def max_window_ms(self, entity: str | None = None) -> int:
         """Widest window of one entity's features (or of all features)."""
@@ -146,8 +146,14 @@ class FeatureRegistry:
         return list(self._features.values())
 
 
-def _as_text(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+def as_text(value: Any) -> str:
+    """A field value as the online store keeps it: floats by ``repr`` (exact round trip), others by ``str``.
+
+    Example:
+        >>> as_text(0.1), as_text(7), as_text("m-1")
+        ('0.1', '7', 'm-1')
+    """
+    return repr(value) if value.__class__ is float else str(value)
 
 
 ENTITIES = [

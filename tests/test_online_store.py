@@ -6,7 +6,15 @@ import pytest
 import redis
 
 from highwater.settings import Settings
-from sinks.online import AppliedEvent, PartitionCheckpoint, WriteBatch
+from sinks.online import (
+    AppliedEvent,
+    AsOfTooOldError,
+    EntityUpdate,
+    FeatureValue,
+    NoClockError,
+    PartitionCheckpoint,
+    WriteBatch,
+)
 from sinks.redis_online import RedisOnlineStore
 from streams.features import REGISTRY
 
@@ -18,7 +26,7 @@ HOUR = 3_600_000
 
 def _event(txn: str, card: str, at: int, amount: float, merchant: str = "m1") -> AppliedEvent:
     record = {"card_id": card, "merchant_id": merchant, "amount": amount}
-    return AppliedEvent("card", card, txn, at, REGISTRY.payload_of("card", record))
+    return AppliedEvent(txn, at, (EntityUpdate("card", card, REGISTRY.payload_of("card", record)),))
 
 
 def _store(stack: Settings, generation: str) -> RedisOnlineStore:
@@ -31,13 +39,13 @@ def test_window_bounds_are_exclusive_below_and_inclusive_above(
     store = _store(stack, "bounds")
     store.write(WriteBatch([_event("a", "c1", T0, 10.0), _event("b", "c1", T0 + HOUR, 5.5)]))
     names = ["card_txn_count_1h", "card_amount_sum_1h", "card_amount_max_24h", "card_amount_avg_7d"]
-    at_second = store.read("card", ["c1"], names, T0 + HOUR)[0]
+    at_second = store.read("card", ["c1"], names, T0 + HOUR).rows[0]
     assert at_second["card_txn_count_1h"].value == 1  # T0 is exactly T-W: excluded
     assert at_second["card_amount_sum_1h"].value == 5.5
     assert at_second["card_amount_max_24h"].value == 10.0
     assert at_second["card_amount_avg_7d"].value == 7.75
     assert at_second["card_txn_count_1h"].latest_event_time_ms == T0 + HOUR
-    just_before = store.read("card", ["c1"], names, T0 + HOUR - 1)[0]
+    just_before = store.read("card", ["c1"], names, T0 + HOUR - 1).rows[0]
     assert just_before["card_txn_count_1h"].value == 1
     assert just_before["card_amount_sum_1h"].value == 10.0
 
@@ -47,7 +55,9 @@ def test_empty_windows_give_zero_for_counts_and_sums_and_null_for_max_and_avg(
 ) -> None:
     store = _store(stack, "empty")
     store.write(WriteBatch([_event("a", "c1", T0, 10.0)]))
-    later = store.read("card", ["c1"], [f.name for f in REGISTRY.features_of("card")], T0 + 8 * 24 * HOUR)[0]
+    later = store.read(
+        "card", ["c1"], [f.name for f in REGISTRY.features_of("card")], T0 + 8 * 24 * HOUR
+    ).rows[0]
     assert later["card_txn_count_24h"].value == 0
     assert later["card_amount_sum_24h"].value == 0.0
     assert later["card_distinct_merchants_24h"].value == 0
@@ -61,17 +71,16 @@ def test_the_same_event_id_is_applied_once(stack: Settings, redis_client: redis.
     store = _store(stack, "dedupe")
     store.write(WriteBatch([_event("a", "c1", T0, 10.0)]))
     store.write(WriteBatch([_event("a", "c1", T0, 10.0), _event("a", "c1", T0 + 5, 99.0)]))
-    value = store.read("card", ["c1"], ["card_amount_sum_1h"], T0 + 10)[0]["card_amount_sum_1h"]
+    value = store.read("card", ["c1"], ["card_amount_sum_1h"], T0 + 10).rows[0]["card_amount_sum_1h"]
     assert value.value == 10.0 and value.latest_event_time_ms == T0
-    assert store.counters()["duplicate_entity_updates"] == 2
+    assert store.counters()["duplicates"] == 2
 
 
 def test_entity_keys_carry_the_ttl(stack: Settings, redis_client: redis.Redis) -> None:
     store = _store(stack, "ttl")
     store.write(WriteBatch([_event("a", "c1", T0, 1.0)]))
-    for key in (store.keys.events("card", "c1"), store.keys.payloads("card", "c1")):
-        ttl = redis_client.pttl(key)
-        assert 0 < ttl <= stack.online.ttl_ms, key
+    ttl = redis_client.pttl(store.keys.events("card", "c1"))
+    assert 0 < ttl <= stack.online.ttl_ms
 
 
 def test_checkpoints_counters_and_clock_move_with_the_batch(
@@ -101,5 +110,60 @@ def test_events_beyond_the_kept_horizon_are_trimmed(stack: Settings, redis_clien
     store.write(WriteBatch([_event("old", "c1", T0, 1.0)], [PartitionCheckpoint("transactions", 0, 1, T0)]))
     far = T0 + store.keep_ms + 1
     store.write(WriteBatch([_event("new", "c1", far, 2.0)], [PartitionCheckpoint("transactions", 0, 2, far)]))
-    assert redis_client.zrange(store.keys.events("card", "c1"), 0, -1) == [b"new"]
-    assert redis_client.hkeys(store.keys.payloads("card", "c1")) == [b"new"]
+    assert redis_client.zrange(store.keys.events("card", "c1"), 0, -1) == [b"new\x1f2.0\x1fm1"]
+    assert redis_client.zrange(store.keys.seen, 0, -1) == [b"new"]
+
+
+def test_an_event_older_than_the_kept_horizon_is_counted_not_stored(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "beyond")
+    far = T0 + store.keep_ms + 1
+    store.write(
+        WriteBatch([_event("stale", "c1", T0 - 1, 1.0)], [PartitionCheckpoint("transactions", 0, 1, far)])
+    )
+    assert not redis_client.exists(store.keys.events("card", "c1"))
+    assert store.counters() == {"beyond_online_horizon": 1}
+
+
+def test_a_duplicate_id_is_skipped_for_every_entity_of_the_event(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "dedupe-entities")
+
+    def both(txn: str, card: str, merchant: str, amount: float) -> AppliedEvent:
+        record = {"card_id": card, "merchant_id": merchant, "amount": amount}
+        return AppliedEvent(
+            txn,
+            T0,
+            (
+                EntityUpdate("card", card, REGISTRY.payload_of("card", record)),
+                EntityUpdate("merchant", merchant, REGISTRY.payload_of("merchant", record)),
+            ),
+        )
+
+    store.write(WriteBatch([both("t1", "c1", "m1", 5.0), both("t2", "c2", "m1", 1.0)]))
+    # The second copy of t1 names other entities: none of them may see it.
+    store.write(WriteBatch([both("t1", "c9", "m9", 7.0), both("t3", "c1", "m1", 2.0)]))
+    merchants = store.read("merchant", ["m1", "m9"], ["merchant_txn_count_1h"], T0).rows
+    assert [row["merchant_txn_count_1h"].value for row in merchants] == [3, 0]
+    cards = store.read("card", ["c1", "c9"], ["card_amount_sum_1h"], T0).rows
+    assert [row["card_amount_sum_1h"].value for row in cards] == [7.0, 0.0]
+    assert store.counters() == {"duplicates": 1}
+
+
+def test_a_read_defaults_to_the_clock_and_refuses_what_retention_no_longer_covers(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "as-of")
+    with pytest.raises(NoClockError):
+        store.read("card", ["c1"], ["card_txn_count_1h"])
+    store.write(WriteBatch([_event("a", "c1", T0, 1.0)], [PartitionCheckpoint("transactions", 0, 1, T0)]))
+    answer = store.read("card", ["c1"], ["card_txn_count_1h"])
+    assert (answer.as_of_ms, answer.clock_ms) == (T0, T0)
+    assert answer.rows[0]["card_txn_count_1h"] == FeatureValue(1, T0)
+    oldest = T0 - store.retention_ms
+    assert store.read("card", ["c1"], ["card_txn_count_1h"], oldest).as_of_ms == oldest
+    with pytest.raises(AsOfTooOldError) as refused:
+        store.read("card", ["c1"], ["card_txn_count_1h"], oldest - 1)
+    assert (refused.value.as_of_ms, refused.value.clock_ms) == (oldest - 1, T0)

@@ -27,7 +27,7 @@ from serving.protos import features_pb2, features_pb2_grpc
 from serving.server import FeatureServer, build_server
 from serving.service import MAX_ENTITY_IDS, SERVICE_NAME
 from serving.timeconv import format_ms
-from sinks.online import AppliedEvent, PartitionCheckpoint, WriteBatch
+from sinks.online import AppliedEvent, EntityUpdate, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.features import REGISTRY
 
@@ -77,10 +77,12 @@ def _serve(settings: Settings) -> Iterator[Served]:
         server.stop(None)
 
 
-def _applied(
-    event_id: str, entity: str, entity_id: str, time_ms: int, record: dict[str, object]
-) -> AppliedEvent:
-    return AppliedEvent(entity, entity_id, event_id, time_ms, REGISTRY.payload_of(entity, record))
+def _applied(event_id: str, time_ms: int, record: dict[str, object]) -> AppliedEvent:
+    updates = tuple(
+        EntityUpdate(e.name, str(record[e.key_field]), REGISTRY.payload_of(e.name, record))
+        for e in REGISTRY.entities_of_topic("transactions")
+    )
+    return AppliedEvent(event_id, time_ms, updates)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +92,7 @@ def served(stack: Settings) -> Iterator[Served]:
         events: list[AppliedEvent] = []
         for event_id, card, merchant, time_ms, amount in _EVENTS:
             record = {"amount": amount, "merchant_id": merchant, "card_id": card}
-            events.append(_applied(event_id, "card", card, time_ms, record))
-            events.append(_applied(event_id, "merchant", merchant, time_ms, record))
+            events.append(_applied(event_id, time_ms, record))
         running.store.write(
             WriteBatch(
                 events=events,
