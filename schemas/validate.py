@@ -1,7 +1,8 @@
 """Checks an event must pass before it is written to the log or applied by the stream.
 
 Two layers: the Avro schema (types, required fields) and the business rules the schema cannot say
-(non-negative finite amounts, three-letter currencies, coordinates on the globe, non-empty ids).
+(non-negative finite amounts, three-letter currencies, coordinates on the globe, non-empty printable
+ids).
 Every error names the field it is about.
 
 Example:
@@ -25,12 +26,17 @@ from schemas.codec import decode_schema
 Rule = Callable[[dict[str, Any]], list[str]]
 
 
-def _non_empty(*fields: str) -> Rule:
+def _identifiers(*fields: str) -> Rule:
+    """Ids must be non-empty and printable: they become store keys and field separators are controls."""
+
     def check(record: dict[str, Any]) -> list[str]:
         errors = []
         for f in fields:
-            if record.get(f) == "":
+            value = record.get(f)
+            if value == "":
                 errors.append(f"{f}: must not be empty")
+            elif type(value) is str and not value.isprintable():
+                errors.append(f"{f}: must not contain control or separator characters, got {value!r}")
         return errors
 
     return check
@@ -68,8 +74,8 @@ def _label_rules(record: dict[str, Any]) -> list[str]:
 
 
 _RULES: dict[str, list[Rule]] = {
-    TRANSACTIONS: [_non_empty("transaction_id", "card_id", "customer_id", "merchant_id"), _transaction_rules],
-    FRAUD_LABELS: [_non_empty("transaction_id", "card_id", "source"), _label_rules],
+    TRANSACTIONS: [_identifiers("transaction_id", "card_id", "customer_id", "merchant_id"), _transaction_rules],
+    FRAUD_LABELS: [_identifiers("transaction_id", "card_id", "source"), _label_rules],
 }
 
 

@@ -11,63 +11,52 @@ entity's feature fields, joined by the unit separator (0x1f), fields in the orde
 ``FeatureRegistry.fields_of``. Numbers go back to Python as strings (``%.17g``) so no precision is lost
 to Redis' integer conversion of Lua numbers.
 
-Lua's ``unpack`` is limited to a few thousand values, so variadic calls go in chunks of ``CHUNK``.
+Ids and field values never contain control characters (``schemas.validate`` refuses them), so the
+separators 0x1d-0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few thousand values,
+so variadic calls go in chunks of ``CHUNK``.
 """
 
 APPLY_BATCH = r"""
 -- KEYS: checkpoints hash, clock string, counters hash, seen zset, then one events zset per entity id
--- ARGV: ttl_ms, trim_before, n_events, [event_id, event_time] * n_events,
---       n_keys, per key: m, [event_index] * m, [event_time, member] * m,
+-- ARGV: ttl_ms, trim_before,
+--       events: 'event_id 0x1f event_time' records joined by 0x1e (indexes count from 1 in this order),
+--       n_keys, per key: 'event_index 0x1d event_time 0x1d member' entries joined by 0x1e,
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
+-- Events and entries travel as a few long strings: packing one argument per value costs the client
+-- more than splitting them costs the server.
 local CHUNK = 1000
 local ttl, trim_arg = ARGV[1], ARGV[2]
 local trim = tonumber(trim_arg)
 local seen = KEYS[4]
-local n = tonumber(ARGV[3])
-local a = 4
 -- An event is skipped whole when its id was applied before (first wins) or it is older than the kept
 -- horizon (no servable read reaches it).
-local skip, skipped, duplicates, beyond = {}, 0, 0, 0
-for e = 1, n do
-  local id, t = ARGV[a], ARGV[a + 1]
-  a = a + 2
+local skip, n, duplicates, beyond = {}, 0, 0, 0
+for id, t in string.gmatch(ARGV[3], '([^\30\31]+)\31([^\30]+)') do
+  n = n + 1
   if tonumber(t) < trim then
-    skip[e] = true; skipped = skipped + 1; beyond = beyond + 1
+    skip[n] = true; beyond = beyond + 1
   elseif redis.call('ZADD', seen, 'NX', t, id) == 0 then
-    skip[e] = true; skipped = skipped + 1; duplicates = duplicates + 1
+    skip[n] = true; duplicates = duplicates + 1
   end
 end
-local n_keys = tonumber(ARGV[a]); a = a + 1
+local n_keys = tonumber(ARGV[4])
 for k = 1, n_keys do
   local key = KEYS[4 + k]
-  local m = tonumber(ARGV[a]); a = a + 1
-  local first_index = a
-  a = a + m
-  local pairs_at = a
-  a = a + 2 * m
-  local members = nil
-  if skipped > 0 then
-    members = {}
-    for j = 0, m - 1 do
-      if not skip[tonumber(ARGV[first_index + j])] then
-        members[#members + 1] = ARGV[pairs_at + 2 * j]
-        members[#members + 1] = ARGV[pairs_at + 2 * j + 1]
-      end
+  local members = {}
+  for index, t, member in string.gmatch(ARGV[4 + k], '(%d+)\29([^\29]+)\29([^\30]+)') do
+    if not skip[tonumber(index)] then
+      members[#members + 1] = t
+      members[#members + 1] = member
     end
   end
-  if members == nil then
-    for c = 0, m - 1, CHUNK do
-      redis.call('ZADD', key, unpack(ARGV, pairs_at + 2 * c, pairs_at + 2 * math.min(m, c + CHUNK) - 1))
-    end
-  else
-    for c = 1, #members, 2 * CHUNK do
-      redis.call('ZADD', key, unpack(members, c, math.min(#members, c + 2 * CHUNK - 1)))
-    end
+  for c = 1, #members, 2 * CHUNK do
+    redis.call('ZADD', key, unpack(members, c, math.min(#members, c + 2 * CHUNK - 1)))
   end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. trim_arg)
   redis.call('PEXPIRE', key, ttl)
 end
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. trim_arg)
+local a = 5 + n_keys
 local n_ckpt = tonumber(ARGV[a]); a = a + 1
 for i = 1, n_ckpt do
   redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1]); a = a + 2
@@ -83,7 +72,7 @@ if candidate ~= '' then
   local current = redis.call('GET', KEYS[2])
   if (not current) or tonumber(candidate) > tonumber(current) then redis.call('SET', KEYS[2], candidate) end
 end
-return {n - skipped, duplicates}
+return {n - duplicates - beyond, duplicates}
 """
 
 READ_FEATURES = r"""

@@ -52,6 +52,8 @@ from sinks.redis_lua import APPLY_BATCH, READ_FEATURES
 from streams.features import REGISTRY, FeatureRegistry
 
 FIELD_SEPARATOR = "\x1f"
+RECORD_SEPARATOR = "\x1e"
+ENTRY_SEPARATOR = "\x1d"
 
 
 class KeyLayout:
@@ -110,30 +112,29 @@ class RedisOnlineStore:
         # clock - retention - longest window, and keep_ms is larger than that span.
         trim = (partition_max - self._keep_ms) if partition_max is not None else 0
         events_key = self.keys.events
-        event_args: list[str | int] = []
-        by_key: dict[str, tuple[list[int], list[str | int]]] = {}
+        event_records: list[str] = []
+        by_key: dict[str, list[str]] = {}
         first_seen: set[str] = set()
         repeated = 0
         for event in batch.events:
-            if event.event_id in first_seen:  # a second copy in the same batch: the script cannot tell
+            event_id = event.event_id
+            if event_id in first_seen:  # a second copy in the same batch: the script cannot tell
                 repeated += 1
                 continue
-            first_seen.add(event.event_id)
-            event_args += (event.event_id, event.event_time_ms)
-            index = len(first_seen)
+            first_seen.add(event_id)
+            event_records.append(f"{event_id}{FIELD_SEPARATOR}{event.event_time_ms}")
+            head = f"{len(first_seen)}{ENTRY_SEPARATOR}{event.event_time_ms}{ENTRY_SEPARATOR}{event_id}"
             for update in event.updates:
+                entry = FIELD_SEPARATOR.join((head, *update.fields))
                 key = events_key(update.entity, update.entity_id)
-                group = by_key.get(key)
-                if group is None:
-                    group = by_key[key] = ([], [])
-                group[0].append(index)
-                group[1].extend((event.event_time_ms, FIELD_SEPARATOR.join((event.event_id, *update.fields))))
+                entries = by_key.get(key)
+                if entries is None:
+                    by_key[key] = [entry]
+                else:
+                    entries.append(entry)
         keys = [self.keys.checkpoints, self.keys.clock, self.keys.counters, self.keys.seen, *by_key]
-        args: list[str | int] = [self._ttl_ms, trim, len(first_seen), *event_args, len(by_key)]
-        for indexes, pairs in by_key.values():
-            args.append(len(indexes))
-            args += indexes
-            args += pairs
+        args: list[str | int] = [self._ttl_ms, trim, RECORD_SEPARATOR.join(event_records), len(by_key)]
+        args += [RECORD_SEPARATOR.join(entries) for entries in by_key.values()]
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:
             max_time = "" if ckpt.max_event_time_ms is None else str(ckpt.max_event_time_ms)

@@ -16,8 +16,10 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, TopicPartition
@@ -32,8 +34,18 @@ from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
-# (event id field, event time field, [(entity, key field, feature fields)]) of one source topic
-_TopicLayout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
+_FieldsGetter = Callable[[dict[str, Any]], Sequence[Any]]
+# (event id field, event time field, [(entity, key field, feature fields getter)]) of one source topic
+_TopicLayout = tuple[str, str, list[tuple[str, str, _FieldsGetter]]]
+_new_tuple = tuple.__new__
+
+
+def _fields_getter(names: Sequence[str]) -> _FieldsGetter:
+    """A function returning ``names``' values of an event, always as a sequence."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda event: (event[name],)
+    return itemgetter(*names)
 
 
 class RoutedRecords:
@@ -137,14 +149,18 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         assert event is not None
         layout = self._layouts.get(item.raw.topic) or self._layout(item.raw.topic)
         id_field, time_field, entities = layout
-        return AppliedEvent(
-            str(event[id_field]),
-            int(event[time_field]),
-            tuple(
-                EntityUpdate(
-                    entity, str(event[key_field]), tuple(map(as_text, map(event.__getitem__, names)))
-                )
-                for entity, key_field, names in entities
+        # tuple.__new__ skips NamedTuple's generated __new__: this runs once per record and entity.
+        return _new_tuple(
+            AppliedEvent,
+            (
+                str(event[id_field]),
+                int(event[time_field]),
+                tuple(
+                    _new_tuple(
+                        EntityUpdate, (entity, str(event[key_field]), tuple(map(as_text, fields(event))))
+                    )
+                    for entity, key_field, fields in entities
+                ),
             ),
         )
 
@@ -158,7 +174,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         layout = (
             id_field,
             time_field,
-            [(e.name, e.key_field, tuple(self._registry.fields_of(e.name))) for e in entities],
+            [(e.name, e.key_field, _fields_getter(self._registry.fields_of(e.name))) for e in entities],
         )
         self._layouts[topic] = layout
         return layout

@@ -21,6 +21,7 @@ from highwater.settings import Settings
 from highwater.topics import TopicSpec, admin_client, ensure_topics, partitions_of
 from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
 from schemas.serde import AvroSerde
+from schemas.validate import validate_event
 from streams.file_input import Rejection, Row, read_events_file
 from streams.producer import DeliveryError, EventProducer
 from streams.synthetic import SyntheticStream
@@ -91,6 +92,15 @@ def test_jsonl_rows_and_rejections_by_line() -> None:
     assert [(r.line, r.reason) for r in bad[:-1]] == JSONL_REJECTIONS
     # A wrong JSON type is reported by the schema check, naming the field.
     assert bad[-1].line == 11 and bad[-1].reason.startswith("amount: ")
+
+
+@pytest.mark.parametrize("bad_id", ["card\x1f7", "card\n7", "card\u20287"])
+def test_ids_with_control_or_separator_characters_are_refused(bad_id: str) -> None:
+    record = txn("t-1", bad_id, "merchant-1", 1.0, "EUR", 1772445600000)
+    record["customer_id"] = "customer-1"
+    assert validate_event(TRANSACTIONS, record) == [
+        f"card_id: must not contain control or separator characters, got {bad_id!r}"
+    ]
 
 
 def test_csv_rows_converted_to_schema_types_and_rejections_by_line() -> None:
