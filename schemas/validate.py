@@ -74,7 +74,10 @@ def _label_rules(record: dict[str, Any]) -> list[str]:
 
 
 _RULES: dict[str, list[Rule]] = {
-    TRANSACTIONS: [_identifiers("transaction_id", "card_id", "customer_id", "merchant_id"), _transaction_rules],
+    TRANSACTIONS: [
+        _identifiers("transaction_id", "card_id", "customer_id", "merchant_id"),
+        _transaction_rules,
+    ],
     FRAUD_LABELS: [_identifiers("transaction_id", "card_id", "source"), _label_rules],
 }
 

@@ -77,8 +77,8 @@ return {n - duplicates - beyond, duplicates}
 
 READ_FEATURES = r"""
 -- KEYS: clock string, then one events zset per entity id
--- ARGV: as_of_ms ('' = the clock), retention_ms, n_features, [aggregation, window_ms, field_index] * n
---       (field_index counts the entity's feature fields from 1; 0 = none)
+-- ARGV: as_of_ms ('' = the clock), retention_ms, n_fields (the entity's feature fields),
+--       n_features, [aggregation, window_ms, field_index] * n (field_index counts from 1; 0 = none)
 -- Returns {status, as_of, clock ('' = none), then per entity id, per feature: value ('' = null),
 --          latest contributing event time ('' = none)}; status 'ok', 'no_clock' or 'too_old'.
 local clock = redis.call('GET', KEYS[1])
@@ -90,36 +90,40 @@ else
   as_of = tonumber(ARGV[1])
   if clock and as_of < tonumber(clock) - tonumber(ARGV[2]) then return {'too_old', ARGV[1], clock} end
 end
-local nf = tonumber(ARGV[3])
-local specs, max_w, needs_fields = {}, 0, false
+local n_fields = tonumber(ARGV[3])
+local nf = tonumber(ARGV[4])
+local specs, max_w = {}, 0
+local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
 for i = 1, nf do
-  local base = 4 + 3 * (i - 1)
-  local w, fi = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  specs[i] = {ARGV[base], w, fi}
+  local base = 5 + 3 * (i - 1)
+  local agg, w, fi = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  specs[i] = {agg, w, fi}
   if w > max_w then max_w = w end
-  if fi > 0 then needs_fields = true end
-end
-local function num(x) return string.format('%.17g', x) end
-local function split(member)
-  local parts, start = {}, 1
-  while true do
-    local stop = string.find(member, '\31', start, true)
-    if not stop then parts[#parts + 1] = string.sub(member, start); return parts end
-    parts[#parts + 1] = string.sub(member, start, stop - 1)
-    start = stop + 1
+  if fi > 0 then
+    if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
   end
 end
+-- One pattern captures every field of a member (event id first) in one call per event.
+local pattern = '^[^\31]*' .. string.rep('\31([^\31]*)', n_fields) .. '$'
+local function num(x) return string.format('%.17g', x) end
 local out = {'ok', string.format('%d', as_of), clock or ''}
 for k = 2, #KEYS do
   local rows = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
   local n = #rows / 2
-  local times, parts = {}, {}
+  local times, columns = {}, {}
+  for fi = 1, n_fields do columns[fi] = {} end
   for j = 1, n do
     times[j] = tonumber(rows[2 * j])
-    if needs_fields then parts[j] = split(rows[2 * j - 1]) end
+    if n_fields > 0 then
+      local fields = {string.match(rows[2 * j - 1], pattern)}
+      for fi = 1, n_fields do
+        if numeric[fi] then columns[fi][j] = tonumber(fields[fi])
+        elseif textual[fi] then columns[fi][j] = fields[fi] end
+      end
+    end
   end
   for i = 1, nf do
-    local agg, w, fi = specs[i][1], specs[i][2], specs[i][3] + 1  -- + 1: the event id comes first
+    local agg, w, fi = specs[i][1], specs[i][2], specs[i][3]
     local lo = as_of - w
     local first = n + 1
     for j = n, 1, -1 do if times[j] > lo then first = j else break end end
@@ -132,16 +136,16 @@ for k = 2, #KEYS do
     elseif agg == 'seconds_since_last' then
       if count > 0 then value = num((as_of - times[n]) / 1000) end
     elseif agg == 'distinct_count' then
-      local seen, d = {}, 0
+      local column, seen, d = columns[fi], {}, 0
       for j = first, n do
-        local v = parts[j][fi]
+        local v = column[j]
         if not seen[v] then seen[v] = true; d = d + 1 end
       end
       value = string.format('%d', d)
     else
-      local sum, mx = 0, nil
+      local column, sum, mx = columns[fi], 0, nil
       for j = first, n do
-        local v = tonumber(parts[j][fi])
+        local v = column[j]
         sum = sum + v
         if mx == nil or v > mx then mx = v end
       end

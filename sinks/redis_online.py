@@ -158,7 +158,12 @@ class RedisOnlineStore:
         """
         fields = self._registry.fields_of(entity)
         specs = [self._registry.feature(name) for name in features]
-        args: list[str | int] = ["" if as_of_ms is None else as_of_ms, self.retention_ms, len(specs)]
+        args: list[str | int] = [
+            "" if as_of_ms is None else as_of_ms,
+            self.retention_ms,
+            len(fields),
+            len(specs),
+        ]
         for spec in specs:
             index = fields.index(spec.field) + 1 if spec.field else 0
             args += (spec.aggregation.value, spec.window_ms, index)
