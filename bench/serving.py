@@ -4,8 +4,8 @@ One run, on a local stack of its own:
 
 1. produce N synthetic transactions (default 200,000) and apply them with the feature job, so the
    online store holds a realistic population (about 20 events per card in the 7-day window);
-2. start the gRPC server in this process (:func:`serving.server.build_server`, the same server
-   ``highwater serve`` runs) and dial it over 127.0.0.1 with :class:`serving.client.FeatureClient`;
+2. start the gRPC server as users run it (``highwater serve``, its own process) and dial it over
+   127.0.0.1 with :class:`serving.client.FeatureClient`;
 3. measure sequential requests, after a warm-up, for 1 card id and for 100 card ids, every card
    feature, as of the pipeline clock (the default), ids drawn from the ingested cards with a fixed seed;
 4. baseline in the same loop: raw Redis reads of the same ids through redis-py, without aggregation or
@@ -50,12 +50,13 @@ from bench.common import (
     latency_stats,
     produce_transactions,
     say,
+    spawn_highwater,
+    stop_process,
     synthetic_transactions,
     write_results,
 )
 from highwater.progress import progress_bar
 from serving.client import FeatureClient
-from serving.server import build_server
 from sinks.redis_online import RedisOnlineStore
 from streams.features import REGISTRY
 from streams.job import run_job
@@ -205,11 +206,11 @@ def main(argv: list[str] | None = None) -> None:
         as_of = store.clock_ms()
         if as_of is None:
             raise RuntimeError("the online store has no clock after the job ran")
-        server = build_server(settings, store)
-        server.start()
+        # The server runs as users run it: `highwater serve`, its own process (and GIL).
+        server = spawn_highwater(["serve"], settings, settings.state_dir / "bench-serve.log")
         redis_client = redis.Redis.from_url(settings.redis_url)
         try:
-            with FeatureClient(server.target, timeout_s=10.0, wait_for_ready=True) as client:
+            with FeatureClient(settings.effective_grpc_target, timeout_s=10.0, wait_for_ready=True) as client:
                 raw = RawReader(redis_client, store, as_of)
                 gc.collect()
                 gc.freeze()  # the ingested population stays put; keep collections short while measuring
@@ -223,11 +224,13 @@ def main(argv: list[str] | None = None) -> None:
                         f"{suffix}: gRPC p50 {fmt_ms(g['p50'])} p99 {fmt_ms(g['p99'])}; "
                         f"raw Redis p50 {fmt_ms(r['p50'])} p99 {fmt_ms(r['p99'])}"
                     )
-                floor = round_trip_floor(redis_client, server.target, 1_000)
+                floor = round_trip_floor(redis_client, settings.effective_grpc_target, 1_000)
                 gc.unfreeze()
         finally:
             redis_client.close()
-            server.stop(grace=1.0).wait()
+            exit_code = stop_process(server)
+            if exit_code != 0:
+                raise RuntimeError(f"highwater serve exited with {exit_code}; see its log in the state dir")
 
     all_series = [s for grpc_series, raw_series, _ in results.values() for s in (grpc_series, raw_series)]
     plot_name = f"{NAME}.png"
@@ -271,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({len(REGISTRY.features_of(ENTITY))}) as of the pipeline clock.",
         f"{args.requests:,} measured sequential requests per case after {args.warmup} warm-up requests; ids "
         f"drawn with random.Random({args.seed}) from the ingested cards (distinct ids within a request).",
-        "gRPC: in-process server (build_server, 8 worker threads) and FeatureClient over 127.0.0.1; the time "
-        "includes protobuf decoding into Python values. The server makes one Redis call per request "
+        "gRPC: `highwater serve` in its own process (8 worker threads) and FeatureClient over 127.0.0.1; "
+        "the time includes protobuf decoding into Python values. The server makes one Redis call per request "
         "(one Lua script reading the clock and aggregating all ids).",
         "Raw Redis baseline: redis-py (hiredis) with one pipelined round trip per request (ZRANGEBYSCORE "
         "WITHSCORES over the 7-day window per id, members carrying the feature fields); no "
