@@ -214,4 +214,4 @@ def _fill_value(target: features_pb2.FeatureValue, feature: Feature, value: Feat
         else:
             target.double_value = float(value.value)
     if value.latest_event_time_ms is not None:
-        target.latest_event_time.CopyFrom(ms_to_timestamp(value.latest_event_time_ms))
+        target.latest_event_time.FromMilliseconds(value.latest_event_time_ms)
