@@ -166,7 +166,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
 
     # --- store access -------------------------------------------------------------------------------
     def _call_store(self, what: str, call: Callable[[], T]) -> T:
-        """Run one store call, turning its failures into UNAVAILABLE (unreachable) or INTERNAL (other)."""
+        """Run one store call, turning its refusals into FAILED_PRECONDITION (no clock, as_of too old) and
+        its failures into UNAVAILABLE (unreachable) or INTERNAL (other)."""
         try:
             return call()
         except NoClockError:

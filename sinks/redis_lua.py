@@ -92,7 +92,7 @@ else
 end
 local n_fields = tonumber(ARGV[3])
 local nf = tonumber(ARGV[4])
-local specs, max_w = {}, 0
+local specs, max_w, needs_fields = {}, 0, false
 local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
 for i = 1, nf do
   local base = 5 + 3 * (i - 1)
@@ -100,6 +100,7 @@ for i = 1, nf do
   specs[i] = {agg, w, fi}
   if w > max_w then max_w = w end
   if fi > 0 then
+    needs_fields = true
     if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
   end
 end
@@ -114,7 +115,7 @@ for k = 2, #KEYS do
   for fi = 1, n_fields do columns[fi] = {} end
   for j = 1, n do
     times[j] = tonumber(rows[2 * j])
-    if n_fields > 0 then
+    if needs_fields then
       local fields = {string.match(rows[2 * j - 1], pattern)}
       for fi = 1, n_fields do
         if numeric[fi] then columns[fi][j] = tonumber(fields[fi])

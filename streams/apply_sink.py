@@ -16,10 +16,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from operator import itemgetter
-from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, TopicPartition
@@ -29,23 +27,14 @@ from schemas.catalog import DEAD_LETTER, LATE_EVENTS
 from sinks.online import AppliedEvent, EntityUpdate, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.event_time import Classified, Fate
-from streams.features import REGISTRY, FeatureRegistry, as_text
+from streams.features import REGISTRY, FeatureRegistry
 from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
-_FieldsGetter = Callable[[dict[str, Any]], Sequence[Any]]
-# (event id field, event time field, [(entity, key field, feature fields getter)]) of one source topic
-_TopicLayout = tuple[str, str, list[tuple[str, str, _FieldsGetter]]]
+# (event id field, event time field, [(entity, key field)]) of one source topic
+_TopicLayout = tuple[str, str, list[tuple[str, str]]]
 _new_tuple = tuple.__new__
-
-
-def _fields_getter(names: Sequence[str]) -> _FieldsGetter:
-    """A function returning ``names``' values of an event, always as a sequence."""
-    if len(names) == 1:
-        (name,) = names
-        return lambda event: (event[name],)
-    return itemgetter(*names)
 
 
 class RoutedRecords:
@@ -149,6 +138,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         assert event is not None
         layout = self._layouts.get(item.raw.topic) or self._layout(item.raw.topic)
         id_field, time_field, entities = layout
+        payload_of = self._registry.payload_of
         # tuple.__new__ skips NamedTuple's generated __new__: this runs once per record and entity.
         return _new_tuple(
             AppliedEvent,
@@ -156,10 +146,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
                 str(event[id_field]),
                 int(event[time_field]),
                 tuple(
-                    _new_tuple(
-                        EntityUpdate, (entity, str(event[key_field]), tuple(map(as_text, fields(event))))
-                    )
-                    for entity, key_field, fields in entities
+                    _new_tuple(EntityUpdate, (entity, str(event[key_field]), payload_of(entity, event)))
+                    for entity, key_field in entities
                 ),
             ),
         )
@@ -174,7 +162,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         layout = (
             id_field,
             time_field,
-            [(e.name, e.key_field, _fields_getter(self._registry.fields_of(e.name))) for e in entities],
+            [(e.name, e.key_field) for e in entities],
         )
         self._layouts[topic] = layout
         return layout

@@ -134,7 +134,7 @@ class FeatureRegistry:
 
     def payload_of(self, entity: str, event: Mapping[str, Any]) -> tuple[str, ...]:
         """The fields the entity's features read from ``event``, as text (floats round-trip exactly)."""
-        return tuple(map(as_text, map(event.__getitem__, self.fields_of(entity))))
+        return tuple(map(_as_text, map(event.__getitem__, self.fields_of(entity))))
 
     def max_window_ms(self, entity: str | None = None) -> int:
         """Widest window of one entity's features (or of all features)."""
@@ -146,11 +146,11 @@ class FeatureRegistry:
         return list(self._features.values())
 
 
-def as_text(value: Any) -> str:
+def _as_text(value: Any) -> str:
     """A field value as the online store keeps it: floats by ``repr`` (exact round trip), others by ``str``.
 
     Example:
-        >>> as_text(0.1), as_text(7), as_text("m-1")
+        >>> _as_text(0.1), _as_text(7), _as_text("m-1")
         ('0.1', '7', 'm-1')
     """
     return repr(value) if value.__class__ is float else str(value)
