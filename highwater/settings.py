@@ -56,7 +56,25 @@ class OnlineSettings(BaseModel):
         gt=0,
         description="Processing-time TTL of an entity's keys: idle entities expire after this long.",
     )
-    generation: str = Field("g1", pattern=r"^[a-z0-9_-]+$", description="Key namespace of the live state.")
+    generation: str = Field(
+        "g1",
+        pattern=r"^[a-z0-9_-]+$",
+        description="Generation the stream job writes (and the server reads until another is promoted).",
+    )
+    materialize: bool = Field(
+        True, description="Whether the job writes events online; off: only checkpoints and counters."
+    )
+
+
+class OfflineSettings(BaseModel):
+    """Offline store (ClickHouse) behaviour (``HIGHWATER_OFFLINE__<NAME>``)."""
+
+    database: str = Field(
+        "highwater",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="ClickHouse database of Highwater's tables.",
+    )
+    history: bool = Field(True, description="Whether the stream job writes history (events, labels) to it.")
 
 
 class Settings(BaseSettings):
@@ -74,7 +92,11 @@ class Settings(BaseSettings):
     schema_registry_url: str = Field("http://127.0.0.1:18081", description="Confluent-compatible registry.")
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Online store.")
     clickhouse_dsn: str = Field(
-        "", description="Offline store DSN; empty means embedded chDB under the state dir."
+        "http://127.0.0.1:18123",
+        description=(
+            "Offline store: a ClickHouse HTTP URL (the default is the local stack's chDB server, which owns "
+            "<state_dir>/clickhouse), or chdb:///abs/path for embedded chDB in a single process."
+        ),
     )
     vector_store_url: str = Field(
         "embedded://", description="Weaviate URL, or embedded:// for the local one."
@@ -84,6 +106,7 @@ class Settings(BaseSettings):
     grpc_target: str = Field("", description="Where clients dial; empty means grpc_host:grpc_port.")
     stream: StreamSettings = Field(default_factory=StreamSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
 
     @field_validator("state_dir")
     @classmethod
@@ -106,14 +129,24 @@ class Settings(BaseSettings):
         return _port_of(self.redis_url, 6379)
 
     @property
+    def clickhouse_port(self) -> int:
+        """Port of the ClickHouse DSN (HTTP interface)."""
+        return _port_of(self.clickhouse_dsn, 8123)
+
+    @property
     def effective_grpc_target(self) -> str:
         """The address gRPC clients dial."""
         return self.grpc_target or f"{self.grpc_host}:{self.grpc_port}"
 
     @property
     def effective_clickhouse_dsn(self) -> str:
-        """The ClickHouse DSN, defaulting to embedded chDB inside the state dir."""
-        return self.clickhouse_dsn or f"chdb://{self.state_dir / 'clickhouse'}"
+        """The DSN to hand ``clickhouse_connect.get_client(dsn=...)``.
+
+        Example:
+            >>> Settings().effective_clickhouse_dsn
+            'http://127.0.0.1:18123'
+        """
+        return self.clickhouse_dsn
 
     def for_generation(self, generation: str) -> Settings:
         """A copy whose online state lives in ``generation``, with a consumer group of its own.

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +26,7 @@ from highwater.bootstrap import bootstrap_log
 from highwater.settings import Settings
 from highwater.stack import LocalStack
 from highwater.stack.env import isolated_settings
+from sinks.clickhouse_offline import ClickHouseOfflineStore
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +51,24 @@ def redis_client(stack: Settings) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def offline_settings(stack: Settings) -> Settings:
+    """The stack's settings, with the offline store of ``HIGHWATER_TEST_CLICKHOUSE_DSN`` when it is set.
+
+    Unset, the offline store is the stack's own ClickHouse part (chDB behind the HTTP interface). Set it to
+    a ClickHouse server's URL to run the offline tests against a real server.
+    """
+    dsn = os.environ.get("HIGHWATER_TEST_CLICKHOUSE_DSN")
+    return stack.model_copy(update={"clickhouse_dsn": dsn}) if dsn else stack
+
+
+@pytest.fixture(scope="session")
+def offline_store(offline_settings: Settings) -> Iterator[ClickHouseOfflineStore]:
+    """A client of the session's offline store (generations are the tests' to create and drop)."""
+    store = ClickHouseOfflineStore.from_settings(offline_settings)
+    try:
+        yield store
+    finally:
+        store.close()

@@ -22,7 +22,7 @@ from highwater.stack.env import isolated_settings
 from highwater.stack.ports import port_in_use
 from highwater.stack.procs import SUPERVISOR, StackPaths, live_pid, wait_gone
 
-PARTS = ("broker", "schema-registry", "redis")
+PARTS = ("broker", "schema-registry", "redis", "clickhouse")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The local stack: a Kafka API broker, a schema registry and Redis on 127.0.0.1, run by a supervisor.
+"""The local stack: broker, schema registry, Redis and ClickHouse (chDB) on 127.0.0.1, run by a supervisor.
 
 ``highwater up`` / ``down`` / ``status`` are thin wrappers over :class:`LocalStack`; see
 :mod:`highwater.stack.local` for the process design and :mod:`highwater.stack.parts` for the parts.

@@ -3,7 +3,7 @@
 Problems are reported as one clear message on stderr and exit code 1, never a traceback.
 
 Example:
-    $ highwater up            # returns once broker, registry and Redis are healthy
+    $ highwater up            # returns once broker, registry, Redis and ClickHouse are healthy
     $ highwater status        # exit code 0 when every part is healthy, 1 otherwise
     $ highwater down
 """
@@ -50,7 +50,7 @@ def parts_table(statuses: list[PartStatus]) -> Table:
 def _addresses(settings: Settings) -> str:
     return (
         f"broker {settings.broker_bootstrap}, schema registry {settings.schema_registry_url}, "
-        f"redis {settings.redis_url}"
+        f"redis {settings.redis_url}, clickhouse {settings.clickhouse_dsn}"
     )
 
 

@@ -56,12 +56,13 @@ def isolated_settings(state_dir: Path, **overrides: object) -> Settings:
         >>> s.broker_port != 19092 and s.redis_url.startswith("redis://127.0.0.1:")
         True
     """
-    broker, registry, redis_port, grpc = free_ports(4)
+    broker, registry, redis_port, clickhouse, grpc = free_ports(5)
     fields: dict[str, object] = {
         "state_dir": state_dir,
         "broker_bootstrap": f"127.0.0.1:{broker}",
         "schema_registry_url": f"http://127.0.0.1:{registry}",
         "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        "clickhouse_dsn": f"http://127.0.0.1:{clickhouse}",
         "grpc_port": grpc,
     }
     fields.update(overrides)

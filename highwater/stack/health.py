@@ -80,3 +80,23 @@ def check_redis(port: int, timeout: float = 2.0) -> Health:
     finally:
         client.close()
     return True, f"{keys} key(s) in db 0"
+
+
+def check_clickhouse(port: int, timeout: float = 2.0) -> Health:
+    """The ClickHouse HTTP interface answers ``GET /ping`` and a query on ``system.databases``."""
+    import httpx
+
+    closed = _closed(port, timeout)
+    if closed:
+        return closed
+    url = f"http://{LOCALHOST}:{port}/"
+    try:
+        ping = httpx.get(f"{url}ping", timeout=timeout)
+        if ping.status_code != 200:
+            return False, f"GET /ping answered {ping.status_code}"
+        response = httpx.get(url, params={"query": "SELECT count() FROM system.databases"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, f"GET /ping or a query failed: {exc!r}"
+    if response.status_code != 200:
+        return False, f"a query answered {response.status_code}: {response.text.strip()[:200]}"
+    return True, f"{int(response.text)} database(s)"

