@@ -146,7 +146,8 @@ def serve_forever(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = RedisOnlineStore.from_settings(settings)
+    # The server reads the live generation (``highwater generations promote`` moves it, atomically).
+    store = RedisOnlineStore.from_settings(settings, follow_live=True)
     server = build_server(settings, store)
     stopping = threading.Event()
 

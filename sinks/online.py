@@ -45,11 +45,12 @@ class AppliedEvent(NamedTuple):
 
 
 class OnlineRead(NamedTuple):
-    """The answer to a read: the ``as_of`` used, the event-time clock at read time, a row per id."""
+    """The answer to a read: the ``as_of`` used, the event-time clock, a row per id, the generation read."""
 
     as_of_ms: int
     clock_ms: int | None
     rows: list[dict[str, FeatureValue]]
+    generation: str = ""
 
 
 class NoClockError(Exception):

@@ -76,26 +76,39 @@ return {n - duplicates - beyond, duplicates}
 """
 
 READ_FEATURES = r"""
--- KEYS: clock string, then one events zset per entity id
--- ARGV: as_of_ms ('' = the clock), retention_ms, n_fields (the entity's feature fields),
+-- KEYS: the live-generation pointer, or none to read ARGV[1]'s generation as it is
+-- ARGV: generation (used when there is no pointer or it is unset), entity, n_ids, ids...,
+--       as_of_ms ('' = the clock), retention_ms, n_fields (the entity's feature fields),
 --       n_features, [aggregation, window_ms, field_index] * n (field_index counts from 1; 0 = none)
--- Returns {status, as_of, clock ('' = none), then per entity id, per feature: value ('' = null),
---          latest contributing event time ('' = none)}; status 'ok', 'no_clock' or 'too_old'.
-local clock = redis.call('GET', KEYS[1])
+-- Returns {status, as_of, clock ('' = none), generation, then per entity id, per feature: value
+--          ('' = null), latest contributing event time ('' = none)}; status 'ok', 'no_clock' or 'too_old'.
+-- Key names are built here from the generation the pointer names at this instant, so one request reads
+-- one generation whole even while another is being promoted.
+local gen = ARGV[1]
+if #KEYS > 0 then
+  local live = redis.call('GET', KEYS[1])
+  if live then gen = live end
+end
+local prefix = 'hw:' .. gen
+local entity, n_ids = ARGV[2], tonumber(ARGV[3])
+local a0 = 3 + n_ids  -- ARGV[a0 + i] is what ARGV[i] was before the ids
+local clock = redis.call('GET', prefix .. ':meta:clock')
 local as_of
-if ARGV[1] == '' then
-  if not clock then return {'no_clock', '', ''} end
+if ARGV[a0 + 1] == '' then
+  if not clock then return {'no_clock', '', '', gen} end
   as_of = tonumber(clock)
 else
-  as_of = tonumber(ARGV[1])
-  if clock and as_of < tonumber(clock) - tonumber(ARGV[2]) then return {'too_old', ARGV[1], clock} end
+  as_of = tonumber(ARGV[a0 + 1])
+  if clock and as_of < tonumber(clock) - tonumber(ARGV[a0 + 2]) then
+    return {'too_old', ARGV[a0 + 1], clock, gen}
+  end
 end
-local n_fields = tonumber(ARGV[3])
-local nf = tonumber(ARGV[4])
+local n_fields = tonumber(ARGV[a0 + 3])
+local nf = tonumber(ARGV[a0 + 4])
 local specs, max_w, needs_fields = {}, 0, false
 local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
 for i = 1, nf do
-  local base = 5 + 3 * (i - 1)
+  local base = a0 + 5 + 3 * (i - 1)
   local agg, w, fi = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   specs[i] = {agg, w, fi}
   if w > max_w then max_w = w end
@@ -107,9 +120,11 @@ end
 -- One pattern captures every field of a member (event id first) in one call per event.
 local pattern = '^[^\31]*' .. string.rep('\31([^\31]*)', n_fields) .. '$'
 local function num(x) return string.format('%.17g', x) end
-local out = {'ok', string.format('%d', as_of), clock or ''}
-for k = 2, #KEYS do
-  local rows = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
+local out = {'ok', string.format('%d', as_of), clock or '', gen}
+local events = prefix .. ':ev:{' .. entity .. ':'
+for k = 1, n_ids do
+  local key = events .. ARGV[3 + k] .. '}'
+  local rows = redis.call('ZRANGEBYSCORE', key, '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
   local n = #rows / 2
   local times, columns = {}, {}
   for fi = 1, n_fields do columns[fi] = {} end

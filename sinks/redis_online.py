@@ -4,6 +4,8 @@ Key layout (``{gen}`` is the generation namespace, default ``g1``; ``{entity:id}
 hash tag):
 
 =================================  ======  =========================================================
+``hw:live``                        string  the live generation: what the server reads (unset: the
+                                           configured ``online.generation``)
 ``hw:{gen}:ev:{entity:id}``        zset    score = event_time ms; member = event id, then the entity's
                                            feature fields, 0x1f-separated (``FeatureRegistry.fields_of``)
 ``hw:{gen}:meta:seen``             zset    member = applied event id, score = its event_time: the
@@ -11,7 +13,9 @@ hash tag):
 ``hw:{gen}:meta:checkpoints``      hash    ``topic:partition`` -> ``next_offset:max_event_time``
 ``hw:{gen}:meta:clock``            string  highest applied event_time (the serving clock), ms
 ``hw:{gen}:meta:counters``         hash    applied, late, malformed:<kind>, duplicates,
-                                           beyond_online_horizon
+                                           beyond_online_horizon, recorded:<history-only topic>
+``hw:{gen}:meta:apply_seq``        string  the last apply sequence number handed out (history tags
+                                           each event with the batch's number: the processing order)
 =================================  ======  =========================================================
 
 Why raw events rather than pre-aggregated tiles: every window boundary (T-W, T] is then exact for any
@@ -52,6 +56,8 @@ from sinks.redis_lua import APPLY_BATCH, READ_FEATURES
 from streams.features import REGISTRY, FeatureRegistry
 
 _new_tuple = tuple.__new__
+LIVE_GENERATION_KEY = "hw:live"
+"""The generation readers that follow the live pointer read (``highwater generations promote`` sets it)."""
 FIELD_SEPARATOR = "\x1f"
 RECORD_SEPARATOR = "\x1e"
 ENTRY_SEPARATOR = "\x1d"
@@ -61,11 +67,13 @@ class KeyLayout:
     """Names of the Redis keys of one generation."""
 
     def __init__(self, generation: str) -> None:
+        self.generation = generation
         self.prefix = f"hw:{generation}"
         self.checkpoints = f"{self.prefix}:meta:checkpoints"
         self.clock = f"{self.prefix}:meta:clock"
         self.counters = f"{self.prefix}:meta:counters"
         self.seen = f"{self.prefix}:meta:seen"
+        self.apply_seq = f"{self.prefix}:meta:apply_seq"
         self._events = f"{self.prefix}:ev:{{"
 
     def events(self, entity: str, entity_id: str) -> str:
@@ -76,8 +84,16 @@ class KeyLayout:
 class RedisOnlineStore:
     """The online store on Redis; see the module docstring for layout and guarantees."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, registry: FeatureRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        registry: FeatureRegistry = REGISTRY,
+        *,
+        follow_live: bool = False,
+    ) -> None:
         self._redis = client
+        self._follow_live = follow_live
         self._registry = registry
         self.keys = KeyLayout(settings.online.generation)
         self.retention_ms = settings.online.retention_ms
@@ -92,11 +108,18 @@ class RedisOnlineStore:
         self._read = client.register_script(READ_FEATURES)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisOnlineStore:
-        """A store on the Redis at ``settings.redis_url``."""
+    def from_settings(
+        cls, settings: Settings, registry: FeatureRegistry = REGISTRY, *, follow_live: bool = False
+    ) -> RedisOnlineStore:
+        """A store on the Redis at ``settings.redis_url``.
+
+        ``follow_live``: reads go to the generation the live pointer names at each read (the server's
+        mode), falling back to ``settings.online.generation`` while no generation was promoted; writes
+        always go to ``settings.online.generation``.
+        """
         # Timeouts turn a hung Redis into a fast error (UNAVAILABLE for the server) instead of a stall.
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
-        return cls(client, settings)
+        return cls(client, settings, registry, follow_live=follow_live)
 
     @property
     def keep_ms(self) -> int:
@@ -106,8 +129,14 @@ class RedisOnlineStore:
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
         """Apply ``batch`` atomically; an event whose id was applied before is counted, not re-applied."""
+        # Only feature topics move the clock: a history-only topic's times (label_time) are another clock.
         partition_max = max(
-            (c.max_event_time_ms for c in batch.checkpoints if c.max_event_time_ms is not None), default=None
+            (
+                c.max_event_time_ms
+                for c in batch.checkpoints
+                if c.max_event_time_ms is not None and self._registry.entities_of_topic(c.topic)
+            ),
+            default=None,
         )
         # Trimming by the batch's highest partition clock is safe: reads never reach below
         # clock - retention - longest window, and keep_ms is larger than that span.
@@ -149,6 +178,10 @@ class RedisOnlineStore:
         args.append("" if partition_max is None else partition_max)
         self._apply(keys=keys, args=args)
 
+    def next_apply_seq(self) -> int:
+        """A new apply sequence number for the next batch (1, 2, ...; never reused in a generation)."""
+        return int(self._redis.incr(self.keys.apply_seq))
+
     # --- reading ------------------------------------------------------------------------------------
     def read(
         self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int | None = None
@@ -159,29 +192,25 @@ class RedisOnlineStore:
         """
         fields = self._registry.fields_of(entity)
         specs = [self._registry.feature(name) for name in features]
-        args: list[str | int] = [
-            "" if as_of_ms is None else as_of_ms,
-            self.retention_ms,
-            len(fields),
-            len(specs),
-        ]
+        args: list[str | int] = [self.keys.generation, entity, len(entity_ids), *entity_ids]
+        args += ["" if as_of_ms is None else as_of_ms, self.retention_ms, len(fields), len(specs)]
         for spec in specs:
             index = fields.index(spec.field) + 1 if spec.field else 0
             args += (spec.aggregation.value, spec.window_ms, index)
-        keys = [self.keys.clock]
-        keys += [self.keys.events(entity, entity_id) for entity_id in entity_ids]
-        flat = self._read(keys=keys, args=args)
-        status, raw_as_of, raw_clock = flat[0], flat[1], flat[2]
+        flat = self._read(keys=[LIVE_GENERATION_KEY] if self._follow_live else [], args=args)
+        status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], _text(flat[3])
         clock = int(raw_clock) if raw_clock != b"" else None
         if status == b"no_clock":
-            raise NoClockError("no event has been applied yet, so there is no event-time clock")
+            raise NoClockError(
+                f"no event has been applied to generation {generation} yet, so there is no event-time clock"
+            )
         if status == b"too_old":
             assert clock is not None and as_of_ms is not None
             raise AsOfTooOldError(as_of_ms, clock, self.retention_ms)
         integral = [spec.aggregation.integral for spec in specs]
         names = [spec.name for spec in specs]
         rows: list[dict[str, FeatureValue]] = []
-        i = 3
+        i = 4
         for _ in entity_ids:
             row: dict[str, FeatureValue] = {}
             for name, is_int in zip(names, integral, strict=True):
@@ -193,7 +222,7 @@ class RedisOnlineStore:
                 # tuple.__new__ skips NamedTuple's generated __new__: up to 9,000 values per request.
                 row[name] = _new_tuple(FeatureValue, (value, int(raw_time) if raw_time != b"" else None))
             rows.append(row)
-        return OnlineRead(int(raw_as_of), clock, rows)
+        return OnlineRead(int(raw_as_of), clock, rows, generation)
 
     def clock_ms(self) -> int | None:
         """The highest applied event_time, or None before anything was applied."""

@@ -1,13 +1,16 @@
 """The Bytewax sink that makes a batch of classified records durable, in a crash-safe order.
 
 For each batch: late records go to ``late-events`` and malformed ones to ``dead-letter`` (produced and
-flushed first, so none is lost); then the applied events, each partition's checkpoint (next offset and
-event-time high-water mark) and the counters are written to the online store in one atomic step; then
-the same offsets are committed to the consumer group, for lag monitoring.
+flushed first, so none is lost); then every valid record (applied or late) is written to history in the
+offline store, tagged with the batch's apply sequence number; then the applied events, each partition's
+checkpoint (next offset and event-time high-water mark) and the counters are written to the online store
+in one atomic step; then the same offsets are committed to the consumer group, for lag monitoring.
 
 A crash before the online write re-reads the batch on restart: the online state does not double count
-(the write is atomic and idempotent by event id) and the counters move once; side-topic records of that
-batch may be produced twice, keyed ``topic:partition:offset`` so consumers can drop the repeat.
+(the write is atomic and idempotent by event id) and the counters move once; history keeps one row per
+offset (the re-written rows replace the first ones, with the new batch's sequence number); side-topic
+records of that batch may be produced twice, keyed ``topic:partition:offset`` so consumers can drop the
+repeat. Topics without entities (fraud labels) only go to history.
 
 Example:
     >>> op.output("apply", classified, ApplySink(settings))  # doctest: +SKIP
@@ -16,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -24,6 +28,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from highwater.settings import Settings
 from schemas.catalog import DEAD_LETTER, LATE_EVENTS
+from sinks.clickhouse_offline import ClickHouseOfflineStore
+from sinks.offline import HistoryEvent, OfflineStore
 from sinks.online import AppliedEvent, EntityUpdate, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.event_time import Classified, Fate
@@ -32,8 +38,8 @@ from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
-# (event id field, event time field, [(entity, key field)]) of one source topic
-_TopicLayout = tuple[str, str, list[tuple[str, str]]]
+# (event id field, event time field, [(entity, key field)]) of one source topic; None: history only
+_TopicLayout = tuple[str, str, list[tuple[str, str]]] | None
 _new_tuple = tuple.__new__
 
 
@@ -81,11 +87,16 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
     def __init__(
         self,
         settings: Settings,
-        store: OnlineStore,
+        store: RedisOnlineStore,
+        offline: OfflineStore | None,
         registry: FeatureRegistry,
         progress: Callable[[int], None] | None,
     ) -> None:
-        self._store = store
+        self._store: OnlineStore = store
+        self._sequence = store.next_apply_seq
+        self._offline = offline
+        self._generation = settings.online.generation
+        self._materialize = settings.online.materialize
         self._registry = registry
         self._routed = RoutedRecords(settings)
         self._committer = Consumer(
@@ -100,16 +111,31 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
 
     def write_batch(self, items: list[Classified]) -> None:
         batch = WriteBatch()
+        history: list[Classified] = []
+        keep_history = self._offline is not None
         last: dict[tuple[str, int], Classified] = {}
         for item in items:
             last[(item.raw.topic, item.raw.partition)] = item
             if item.fate is Fate.APPLIED:
                 assert item.event is not None
-                batch.events.append(self._applied_event(item))
-                counter = "applied"
+                topic = item.raw.topic
+                layout = self._layouts[topic] if topic in self._layouts else self._layout(topic)
+                if layout is None:
+                    counter = f"recorded:{topic}"
+                else:
+                    if self._materialize:
+                        batch.events.append(self._applied_event(item, layout))
+                    counter = "applied"
+                if keep_history:
+                    history.append(item)
             else:
                 self._routed.route(item)
-                counter = "late" if item.fate is Fate.LATE else f"malformed:{item.error_type}"
+                if item.fate is Fate.LATE:
+                    counter = "late"
+                    if keep_history:
+                        history.append(item)
+                else:
+                    counter = f"malformed:{item.error_type}"
             batch.counters[counter] = batch.counters.get(counter, 0) + 1
         self._routed.flush()
         batch.checkpoints = [
@@ -117,9 +143,14 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             for (topic, partition), item in last.items()
         ]
         self._wait_inflight()
-        self._inflight = self._writer.submit(self._persist, batch, len(items))
+        self._inflight = self._writer.submit(self._persist, batch, history, len(items))
 
-    def _persist(self, batch: WriteBatch, records: int) -> None:
+    def _persist(self, batch: WriteBatch, history: list[Classified], records: int) -> None:
+        if self._offline is not None and history:
+            # History first: a crash after it re-reads the batch, and re-written offsets replace their rows.
+            seq = self._sequence()
+            now = int(time.time() * 1000)
+            self._offline.write_history(self._generation, [_history_event(i, seq, now) for i in history])
         self._store.write(batch)
         self._committer.commit(
             offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in batch.checkpoints],
@@ -133,10 +164,11 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             self._inflight.result()
             self._inflight = None
 
-    def _applied_event(self, item: Classified) -> AppliedEvent:
+    def _applied_event(
+        self, item: Classified, layout: tuple[str, str, list[tuple[str, str]]]
+    ) -> AppliedEvent:
         event = item.event
         assert event is not None
-        layout = self._layouts.get(item.raw.topic) or self._layout(item.raw.topic)
         id_field, time_field, entities = layout
         payload_of = self._registry.payload_of
         # tuple.__new__ skips NamedTuple's generated __new__: this runs once per record and entity.
@@ -155,6 +187,9 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
     def _layout(self, topic: str) -> _TopicLayout:
         """Which fields of ``topic``'s events make the id, the time and each entity's update."""
         entities = self._registry.entities_of_topic(topic)
+        if not entities:
+            self._layouts[topic] = None
+            return None
         ids = {(e.event_id_field, e.time_field) for e in entities}
         if len(ids) != 1:
             raise ValueError(f"{topic}: its entities disagree on the event id and time fields: {sorted(ids)}")
@@ -172,6 +207,24 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         self._wait_inflight()
         self._writer.shutdown()
         self._committer.close()
+        if self._offline is not None:
+            self._offline.close()
+
+
+def _history_event(item: Classified, apply_seq: int, ingested_at_ms: int) -> HistoryEvent:
+    raw = item.raw
+    assert item.event is not None
+    late = item.fate is Fate.LATE
+    return HistoryEvent(
+        raw.topic,
+        raw.partition,
+        raw.offset,
+        item.event,
+        ingested_at_ms,
+        late,
+        item.reason if late else "",
+        apply_seq,
+    )
 
 
 class ApplySink(DynamicSink[Classified]):
@@ -189,4 +242,7 @@ class ApplySink(DynamicSink[Classified]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ApplyPartition:
         store = RedisOnlineStore.from_settings(self._settings)
-        return _ApplyPartition(self._settings, store, self._registry, self._progress)
+        offline = (
+            ClickHouseOfflineStore.from_settings(self._settings) if self._settings.offline.history else None
+        )
+        return _ApplyPartition(self._settings, store, offline, self._registry, self._progress)

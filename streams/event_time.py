@@ -93,6 +93,10 @@ class LatenessPolicy:
         return behind if behind > 0 else None
 
 
+NEVER_LATE = LatenessPolicy(max_out_of_orderness_ms=0, allowed_lateness_ms=2**62)
+"""The policy of topics without online state (fraud labels): every valid record is on time."""
+
+
 class Classifier:
     """Decides the fate of each record of one partition, in log order."""
 

@@ -1,8 +1,9 @@
-"""The feature stream job: transactions on the log to online features, as a Bytewax dataflow.
+"""The stream job: events on the log to online features and history, as a Bytewax dataflow.
 
-    transactions (Kafka, per partition, from the online store's checkpoints)
+    transactions, fraud-labels (Kafka, per partition, from the online store's checkpoints)
       -> classify (decode, validate, watermark, lateness; state per partition, batch at a time)
-      -> apply (late -> late-events, malformed -> dead-letter, applied + checkpoint -> online store)
+      -> apply (late -> late-events, malformed -> dead-letter; valid events -> history (ClickHouse),
+                then applied events + checkpoints -> online store (Redis))
 
 Example:
     $ highwater run               # tail the log
@@ -22,68 +23,133 @@ from bytewax.testing import run_main
 
 from highwater.progress import progress_bar
 from highwater.settings import Settings, get_settings
+from schemas.catalog import FRAUD_LABELS
 from schemas.serde import AvroSerde
+from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.redis_online import RedisOnlineStore
 from streams.apply_sink import ApplySink
-from streams.event_time import Classified, Classifier, LatenessPolicy, PartitionClock, RawRecord
-from streams.features import REGISTRY, TRANSACTIONS_TOPIC
+from streams.event_time import (
+    NEVER_LATE,
+    Classified,
+    Classifier,
+    LatenessPolicy,
+    PartitionClock,
+    RawRecord,
+)
+from streams.features import REGISTRY
 from streams.kafka_source import KafkaPartitionSource, PartitionRange, read_ranges
 
 log = logging.getLogger(__name__)
 
+# Time field of topics that feed history only (the feature topics' come from their entities).
+HISTORY_TIME_FIELDS = {FRAUD_LABELS: "label_time"}
+
+
+def source_topics(settings: Settings) -> list[str]:
+    """Topics the job reads: the feature topics, plus the labels when history is kept."""
+    topics = sorted({entity.source_topic for entity in REGISTRY.entities()})
+    if settings.offline.history and FRAUD_LABELS not in topics:
+        topics.append(FRAUD_LABELS)
+    return topics
+
+
+def classifiers(settings: Settings, topics: list[str]) -> dict[str, Classifier]:
+    """One classifier per topic: feature topics get the settings' lateness, history-only topics none."""
+    serde = AvroSerde(settings.schema_registry_url)
+    policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
+    out = {}
+    for topic in topics:
+        entities = REGISTRY.entities_of_topic(topic)
+        if entities:
+            out[topic] = Classifier(serde, policy, entities[0].time_field)
+        else:  # no online state to protect: every valid record goes to history
+            out[topic] = Classifier(serde, NEVER_LATE, HISTORY_TIME_FIELDS[topic])
+    return out
+
 
 def build_flow(
     settings: Settings,
-    ranges: dict[int, PartitionRange],
-    clocks: dict[int, int | None],
+    ranges: dict[str, dict[int, PartitionRange]],
+    clocks: dict[tuple[str, int], int | None],
     progress: Callable[[int], None] | None = None,
-    topic: str = TRANSACTIONS_TOPIC,
 ) -> Dataflow:
-    """The dataflow reading ``ranges`` of ``topic``; ``clocks``: the partitions' stored high-water marks."""
-    policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
-    classifier = Classifier(AvroSerde(settings.schema_registry_url), policy)
-
-    partition_clocks = {p: PartitionClock(t) for p, t in clocks.items()}
+    """The dataflow reading ``ranges`` of each topic; ``clocks``: the partitions' stored high-water marks."""
+    by_topic = classifiers(settings, list(ranges))
+    partition_clocks = {key: PartitionClock(t) for key, t in clocks.items()}
 
     def classify_batch(batch: list[RawRecord]) -> list[Classified]:
         # Each Kafka partition is read by exactly one source partition on one worker, and a batch keeps
         # its records in log order, so this per-partition state sees every partition's records in order.
         out = []
         for raw in batch:
-            clock = partition_clocks.get(raw.partition)
+            key = (raw.topic, raw.partition)
+            clock = partition_clocks.get(key)
             if clock is None:
-                clock = partition_clocks[raw.partition] = PartitionClock(None)
-            out.append(classifier.classify(clock, raw))
+                clock = partition_clocks[key] = PartitionClock(None)
+            out.append(by_topic[raw.topic].classify(clock, raw))
         return out
 
     flow = Dataflow("highwater-features")
-    records = op.input(topic, flow, KafkaPartitionSource(settings, topic, ranges))
+    inputs = [
+        op.input(topic.replace("-", "_"), flow, KafkaPartitionSource(settings, topic, topic_ranges))
+        for topic, topic_ranges in ranges.items()
+    ]
+    records = inputs[0] if len(inputs) == 1 else op.merge("records", *inputs)
     values = op.flat_map_batch("classify", records, classify_batch)
     op.output("apply", values, ApplySink(settings, REGISTRY, progress))
     return flow
 
 
 def plan(
-    settings: Settings, until_end: bool, topic: str = TRANSACTIONS_TOPIC
-) -> tuple[dict[int, PartitionRange], dict[int, int | None]]:
-    """Read ranges and partition clocks from the online store's checkpoints."""
+    settings: Settings, until_end: bool, ends: dict[str, dict[int, int]] | None = None
+) -> tuple[dict[str, dict[int, PartitionRange]], dict[tuple[str, int], int | None]]:
+    """Read ranges and partition clocks of every source topic, from the online store's checkpoints.
+
+    ``ends`` (topic -> partition -> offset, exclusive) stops those partitions there instead of at the log
+    end (a replay's ``--to``). Also brings the generation's offline tables up to date when history is kept.
+    """
+    if settings.offline.history:
+        offline = ClickHouseOfflineStore.from_settings(settings)
+        try:
+            offline.migrate(settings.online.generation)
+        finally:
+            offline.close()
     store = RedisOnlineStore.from_settings(settings)
-    checkpoints = store.checkpoints(topic)
-    ranges = read_ranges(settings, topic, {p: c.next_offset for p, c in checkpoints.items()}, until_end)
-    clocks = {p: c.max_event_time_ms for p, c in checkpoints.items()}
+    ranges: dict[str, dict[int, PartitionRange]] = {}
+    clocks: dict[tuple[str, int], int | None] = {}
+    for topic in source_topics(settings):
+        checkpoints = store.checkpoints(topic)
+        spans = read_ranges(settings, topic, {p: c.next_offset for p, c in checkpoints.items()}, until_end)
+        for partition, stop in (ends or {}).get(topic, {}).items():
+            if partition in spans:
+                span = spans[partition]
+                end = stop if span.end is None else min(stop, span.end)
+                spans[partition] = PartitionRange(min(span.start, end), end)
+        ranges[topic] = spans
+        clocks.update({(topic, p): c.max_event_time_ms for p, c in checkpoints.items()})
     return ranges, clocks
 
 
-def run_job(until_end: bool = False, settings: Settings | None = None, show_progress: bool = True) -> int:
+def run_job(
+    until_end: bool = False,
+    settings: Settings | None = None,
+    show_progress: bool = True,
+    ends: dict[str, dict[int, int]] | None = None,
+    label: str = "features",
+) -> int:
     """Run the stream job in this process; returns how many records it processed.
 
-    With ``until_end`` it stops once every partition's end offset (as of start) is processed.
+    With ``until_end`` it stops once every partition's end offset (as of start, or ``ends``) is processed.
     """
     settings = settings or get_settings()
-    ranges, clocks = plan(settings, until_end)
-    total = sum((r.end - r.start) for r in ranges.values() if r.end is not None) if until_end else None
+    ranges, clocks = plan(settings, until_end, ends)
+    total = (
+        sum((r.end - r.start) for spans in ranges.values() for r in spans.values() if r.end is not None)
+        if until_end
+        else None
+    )
     processed = 0
-    with progress_bar("features", total, enabled=show_progress and until_end) as advance:
+    with progress_bar(label, total, enabled=show_progress and until_end) as advance:
 
         def on_progress(n: int) -> None:
             nonlocal processed

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd
 import pytest
 import redis
 from confluent_kafka import Producer
@@ -23,10 +24,11 @@ from highwater.bootstrap import bootstrap_log
 from highwater.settings import Settings
 from highwater.stack import LocalStack
 from highwater.stack.env import isolated_settings, settings_env
-from schemas.catalog import DEAD_LETTER, LATE_EVENTS, TRANSACTIONS
+from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, LATE_EVENTS, TRANSACTIONS
 from schemas.serde import AvroSerde
 from serving.client import FeatureClient
 from serving.server import build_server
+from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.redis_online import RedisOnlineStore
 from streams.features import REGISTRY
 from streams.job import run_job
@@ -57,9 +59,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 def _produce(settings: Settings) -> None:
     stream = SyntheticStream(seed=11, count=COUNT, disorder_ms=4_000, late_share=0.01)
-    transactions = [(d.topic, d.record) for d in stream.deliveries() if d.topic == TRANSACTIONS]
-    report = EventProducer(settings).produce_many(transactions)
-    assert report.written == COUNT and not report.rejected
+    deliveries = list(stream.deliveries())
+    transactions = [(d.topic, d.record) for d in deliveries if d.topic == TRANSACTIONS]
+    labels = [(d.topic, d.record) for d in deliveries if d.topic == FRAUD_LABELS]
+    report = EventProducer(settings).produce_many(transactions + labels)
+    assert report.written == COUNT + len(labels) and not report.rejected
     # What a bad producer or a broken network can put on the log, written around validation:
     serde = AvroSerde(settings.schema_registry_url)
     raw = Producer(settings.kafka_config())
@@ -73,6 +77,20 @@ def _produce(settings: Settings) -> None:
     assert raw.flush(30) == 0
 
 
+def _label_count(settings: Settings) -> int:
+    return len(read_topic(settings, FRAUD_LABELS))
+
+
+def _history(settings: Settings, table: str) -> list[dict[str, Any]]:
+    store = ClickHouseOfflineStore.from_settings(settings)
+    try:
+        return store.query_arrow(
+            f"SELECT * FROM {{{table}}} FINAL ORDER BY partition, offset", settings.online.generation
+        ).to_pylist()
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def expected(pipeline: Settings) -> Expected:
     return classify_log(pipeline, read_topic(pipeline, TRANSACTIONS))
@@ -81,7 +99,7 @@ def expected(pipeline: Settings) -> Expected:
 @pytest.fixture(scope="module")
 def applied(pipeline: Settings) -> RedisOnlineStore:
     processed = run_job(until_end=True, settings=pipeline, show_progress=False)
-    assert processed == COUNT + 3 + 10
+    assert processed == COUNT + 3 + 10 + _label_count(pipeline)
     return RedisOnlineStore.from_settings(pipeline)
 
 
@@ -227,3 +245,37 @@ def test_processing_the_same_offsets_twice_changes_no_value(
     assert _snapshot(twice, clock, expected) == _snapshot(pipeline, clock, expected)
     after = store.counters()
     assert after["duplicates"] == before["duplicates"] + before["applied"]
+    positions = [(r["partition"], r["offset"]) for r in _history(twice, "transactions")]
+    assert positions == _valid_positions(pipeline, read_topic(pipeline, TRANSACTIONS))
+
+
+def test_history_keeps_every_valid_event_with_its_position_and_fate(
+    pipeline: Settings, applied: RedisOnlineStore, expected: Expected
+) -> None:
+    rows = _history(pipeline, "transactions")
+    got = {(r["partition"], r["offset"]): r for r in rows}
+    assert sorted(got) == _valid_positions(pipeline, read_topic(pipeline, TRANSACTIONS))
+    late = set(zip(expected.late["partition"], expected.late["offset"], strict=True))
+    assert {k for k, r in got.items() if r["late"]} == late
+    assert all("older than watermark" in got[k]["late_reason"] for k in late)
+    for row in expected.applied.itertuples():
+        stored = got[(row.partition, row.offset)]
+        assert stored["transaction_id"] == row.transaction_id
+        assert stored["amount"] == row.amount
+        assert int(stored["event_time"].timestamp() * 1000) == row.event_time
+        assert stored["apply_seq"] > 0
+    labels = _history(pipeline, "fraud_labels")
+    log = read_topic(pipeline, FRAUD_LABELS)
+    assert sorted((r["partition"], r["offset"]) for r in labels) == sorted(
+        zip(log["partition"], log["offset"], strict=True)
+    )
+    assert applied.counters()[f"recorded:{FRAUD_LABELS}"] == len(log)
+
+
+def _valid_positions(settings: Settings, log: pd.DataFrame) -> list[tuple[int, int]]:
+    """(partition, offset) of every record that decodes and validates: applied, late or duplicate."""
+    malformed = classify_log(settings, log).malformed
+    bad = set(zip(malformed["partition"], malformed["offset"], strict=True))
+    return sorted(
+        (int(p), int(o)) for p, o in zip(log["partition"], log["offset"], strict=True) if (p, o) not in bad
+    )
