@@ -20,6 +20,10 @@ app = typer.Typer(
 )
 features_app = typer.Typer(no_args_is_help=True, help="Read online features over gRPC.")
 app.add_typer(features_app, name="features")
+generations_app = typer.Typer(
+    no_args_is_help=True, help="List, promote and drop generations (copies of derived state)."
+)
+app.add_typer(generations_app, name="generations")
 
 
 @app.command()
@@ -87,11 +91,61 @@ def run(
     until_end: Annotated[
         bool, typer.Option(help="Stop at the end of the log instead of tailing it.")
     ] = False,
+    generation: Annotated[str | None, typer.Option(help="Generation to write; default the live one.")] = None,
 ) -> None:
-    """Run the feature stream job; resumes from committed offsets."""
+    """Run the stream job (online features and history); resumes from its generation's checkpoints."""
+    from highwater.settings import get_settings
+    from replay.generations import live_generation
     from streams.job import run_job
 
-    run_job(until_end=until_end)
+    settings = get_settings()
+    chosen = generation or live_generation(settings)
+    if chosen != settings.online.generation:
+        settings = settings.for_generation(chosen)
+    run_job(until_end=until_end, settings=settings)
+
+
+@app.command("replay")
+def replay_(
+    generation: Annotated[str, typer.Option(help="New generation to rebuild (lowercase, digits, _ -).")],
+    from_: Annotated[
+        str, typer.Option("--from", help="earliest, an ISO-8601 time, or topic:partition:offset,...")
+    ] = "earliest",
+    to: Annotated[
+        str | None, typer.Option(help="ISO-8601 time or topic:partition:offset,...; default the log end.")
+    ] = None,
+    targets: Annotated[
+        str, typer.Option(help="What to rebuild: online, history or both.")
+    ] = "online,history",
+) -> None:
+    """Rebuild state from the log into a new generation; re-running resumes it."""
+    from replay.cli import replay_command
+
+    replay_command(generation, from_, to, targets)
+
+
+@generations_app.command("list")
+def generations_list() -> None:
+    """Show every generation and which one is live."""
+    from replay.cli import generations_list_command
+
+    generations_list_command()
+
+
+@generations_app.command("promote")
+def generations_promote(generation: Annotated[str, typer.Argument(help="Generation to make live.")]) -> None:
+    """Make a generation live, atomically for readers."""
+    from replay.cli import generations_promote_command
+
+    generations_promote_command(generation)
+
+
+@generations_app.command("drop")
+def generations_drop(generation: Annotated[str, typer.Argument(help="Generation to delete.")]) -> None:
+    """Delete a generation that is not live."""
+    from replay.cli import generations_drop_command
+
+    generations_drop_command(generation)
 
 
 @app.command()
@@ -115,6 +169,18 @@ def features_get(
     from serving.cli import features_get_command
 
     features_get_command(entity=entity, entity_ids=entity_ids, features=feature or [], as_of=as_of)
+
+
+@app.command("verify")
+def verify_(
+    a: Annotated[str, typer.Argument(metavar="A", help="Generation to compare (e.g. the live one).")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Generation to compare it with (e.g. a replay).")],
+    limit: Annotated[int, typer.Option(help="Differences to print.")] = 20,
+) -> None:
+    """Compare two generations (online state and history); exit 0 if identical, 1 if not, 2 on error."""
+    from replay.verify_cli import verify_command
+
+    verify_command(a, b, limit=limit)
 
 
 @app.command()
