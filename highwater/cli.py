@@ -15,11 +15,15 @@ from typing import Annotated
 
 import typer
 
+from sinks.training_set_cli import feature_log_app, training_set
+
 app = typer.Typer(
     no_args_is_help=True, help="Highwater: streaming features and fraud scores from a Kafka log."
 )
 features_app = typer.Typer(no_args_is_help=True, help="Read online features over gRPC.")
 app.add_typer(features_app, name="features")
+app.command("training-set")(training_set)
+app.add_typer(feature_log_app, name="feature-log")
 generations_app = typer.Typer(
     no_args_is_help=True, help="List, promote and drop generations (copies of derived state)."
 )
