@@ -240,10 +240,15 @@ def _replay_verify_train(
     )
     store = ClickHouseOfflineStore.from_settings(settings)
     try:
-        skew = feature_skew(store, settings.online.generation)
+        skew = feature_skew(store, settings.online.generation, explain_limit=0)
     finally:
         store.close()
     lines.append(
-        ("feature log vs complete data", f"{skew.num_rows:,} differences, each explained by late events")
+        (
+            "feature log vs complete data",
+            f"{skew.num_rows:,} (transaction, feature) values served differently from the complete data: "
+            "late events, or events applied in a later batch (a catch-up reads partitions at different "
+            "speeds); `highwater feature-log skew` lists them with their explanation",
+        )
     )
     return lines

@@ -32,6 +32,11 @@ out-of-order delivery within the allowed lateness, or another partition running 
 * reads that happened later than right after t's batch (events applied meanwhile), and duplicates whose
   copies differ in content (the offline store assumes they carry the same fields).
 
+**Cost.** Every transaction is a spine row, so the work is that of one online read per transaction: the
+events of its window, which for a busy merchant's 24 h window is large. Transactions go in chunks of
+``CHUNK_ROWS`` per query, which bounds the memory, not the time. ``feature_skew`` runs both views and
+explains only the first ``explain_limit`` differences when asked to (the command line's ``--limit``).
+
 Example:
     >>> log = feature_log(store, "g1", ["card_txn_count_1h"])                  # doctest: +SKIP
     >>> log.column_names                                                      # doctest: +SKIP
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,6 +59,7 @@ import pyarrow.compute as pc
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.point_in_time import (
     AS_OF,
+    BUCKETS_PER_WINDOW,
     ROW,
     SEQ,
     entity_layouts,
@@ -85,10 +92,23 @@ SKEW_SCHEMA = pa.schema(
 """One row per (transaction, feature) whose served value differs from the complete-data value."""
 
 
+CHUNK_ROWS = 25_000
+"""Transactions per query: the work of a chunk is its rows' window events, so chunks bound the memory."""
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Spine rows [start, stop) and their (earliest, latest) time."""
+
+    start: int
+    stop: int
+    time_range: tuple[int, int]
+
+
 @contextmanager
-def _applied_spine(store: ClickHouseOfflineStore, generation: str) -> Iterator[tuple[str, tuple[int, int]]]:
+def _applied_spine(store: ClickHouseOfflineStore, generation: str) -> Iterator[tuple[str, list[_Chunk]]]:
     """A spine table of every applied transaction (its first applied copy), ordered by (event_time, id),
-    with its ``apply_seq``; yields its name and its (earliest, latest) time. Dropped on exit."""
+    with its ``apply_seq``; yields its name and its chunks of rows. Dropped on exit."""
     with spine_table(store, _SPINE_COLUMNS) as name:
         applied = history_sql(served=True, columns=_KEYS)
         store.command(
@@ -97,25 +117,40 @@ def _applied_spine(store: ClickHouseOfflineStore, generation: str) -> Iterator[t
             generation,
         )
         bounds = store.query_arrow(
-            f"SELECT count() AS n, min({AS_OF}) AS lo, max({AS_OF}) AS hi FROM {name}", generation
-        ).to_pylist()[0]
-        time_range = (int(bounds["lo"]), int(bounds["hi"])) if bounds["n"] else (0, 0)
-        yield name, time_range
+            f"SELECT intDiv({ROW}, {CHUNK_ROWS}) AS chunk, min({ROW}) AS start, max({ROW}) + 1 AS stop, "
+            f"min({AS_OF}) AS lo, max({AS_OF}) AS hi FROM {name} GROUP BY chunk ORDER BY chunk",
+            generation,
+        ).to_pylist()
+        yield name, [_Chunk(b["start"], b["stop"], (b["lo"], b["hi"])) for b in bounds]
 
 
 def _log_query(
     store: ClickHouseOfflineStore,
     generation: str,
     spine: str,
-    time_range: tuple[int, int],
+    chunks: Sequence[_Chunk],
     wanted: Sequence[Feature],
     *,
     served: bool,
 ) -> pa.Table:
-    sql = point_in_time_sql(
-        wanted, spine, time_range=time_range, served=served, spine_columns=[TRANSACTION_ID, *_KEYS, AS_OF]
-    )
-    return store.query_arrow(sql, generation)
+    """The point-in-time query over the spine, chunk by chunk, in spine order."""
+    parts = []
+    for chunk in chunks:
+        rows = f"(SELECT * FROM {spine} WHERE {ROW} >= {chunk.start} AND {ROW} < {chunk.stop})"
+        sql = point_in_time_sql(
+            wanted,
+            rows,
+            time_range=chunk.time_range,
+            served=served,
+            spine_columns=[TRANSACTION_ID, *_KEYS, AS_OF],
+        )
+        parts.append(store.query_arrow(sql, generation))
+    if not parts:
+        sql = point_in_time_sql(
+            wanted, spine, time_range=(0, 0), served=served, spine_columns=[TRANSACTION_ID, *_KEYS, AS_OF]
+        )
+        parts.append(store.query_arrow(sql, generation))
+    return pa.concat_tables(parts)
 
 
 def _as_log(result: pa.Table, wanted: Sequence[Feature]) -> pa.Table:
@@ -141,53 +176,63 @@ def feature_log(
     """
     wanted = resolve_features(features)
     require_generation(store, generation)
-    with _applied_spine(store, generation) as (spine, time_range):
-        result = _log_query(store, generation, spine, time_range, wanted, served=True)
+    with _applied_spine(store, generation) as (spine, chunks):
+        result = _log_query(store, generation, spine, chunks, wanted, served=True)
     return _as_log(result, wanted)
 
 
 def feature_skew(
-    store: ClickHouseOfflineStore, generation: str, features: Sequence[str] | None = None
+    store: ClickHouseOfflineStore,
+    generation: str,
+    features: Sequence[str] | None = None,
+    *,
+    explain_limit: int | None = None,
 ) -> pa.Table:
     """Every (applied transaction, feature) whose served value differs from the complete-data value at the
     same key and time, with the events that explain it (:data:`SKEW_SCHEMA`; module docstring).
 
-    ``late_ids`` are the window's events never applied online (late), ``applied_after_ids`` those applied
-    in a later batch than the transaction; both in (event_time, transaction_id) order.
+    Rows are in (event_time, transaction_id, feature definition) order. ``late_ids`` are the window's
+    events never applied online (late), ``applied_after_ids`` those applied in a later batch than the
+    transaction; both in (event_time, transaction_id) order. Only the first ``explain_limit`` rows are
+    explained when it is given (the others have null explanation columns): explaining is the costly part.
     """
     wanted = resolve_features(features)
     require_generation(store, generation)
-    with _applied_spine(store, generation) as (spine, time_range):
-        served = _log_query(store, generation, spine, time_range, wanted, served=True)
-        complete = _log_query(store, generation, spine, time_range, wanted, served=False)
+    order = {f.name: i for i, f in enumerate(wanted)}
+    with _applied_spine(store, generation) as (spine, chunks):
+        served = _log_query(store, generation, spine, chunks, wanted, served=True)
+        complete = _log_query(store, generation, spine, chunks, wanted, served=False)
         differences: list[tuple[int, Feature]] = []
         for feature in wanted:
             a, b = served[feature.name], complete[feature.name]
             differ = pc.or_(pc.xor(pc.is_null(a), pc.is_null(b)), pc.fill_null(pc.not_equal(a, b), False))
             rows = pc.indices_nonzero(pc.fill_null(differ, False)).to_pylist()
             differences.extend((row, feature) for row in rows)
-        if not differences:
-            return SKEW_SCHEMA.empty_table()
-        explanations = _explain(store, generation, spine, differences)
+        differences.sort(key=lambda d: (d[0], order[d[1].name]))
+        explained = differences if explain_limit is None else differences[:explain_limit]
+        explanations = _explain(store, generation, spine, explained) if explained else {}
+    ids = served[TRANSACTION_ID].to_pylist()
+    times = served[AS_OF].to_pylist()
+    keys = {k: served[k].to_pylist() for k in _KEYS}
+    values = {f.name: (served[f.name].to_pylist(), complete[f.name].to_pylist()) for f in wanted}
     rows_out: list[dict[str, object]] = []
-    order = {f.name: i for i, f in enumerate(wanted)}
-    for row, feature in sorted(differences, key=lambda d: (d[0], order[d[1].name])):
-        key_field = REGISTRY.entity(feature.entity).key_field
-        late, after = explanations.get((feature.entity, row, feature.window_ms), ([], []))
-        rows_out.append(
-            {
-                "transaction_id": served[TRANSACTION_ID][row].as_py(),
-                "event_time": served[AS_OF][row].as_py(),
-                "entity": feature.entity,
-                "entity_id": served[key_field][row].as_py(),
-                "feature": feature.name,
-                "served": _float(served[feature.name][row].as_py()),
-                "complete": _float(complete[feature.name][row].as_py()),
-                "unserved_count": len(late) + len(after),
-                "late_ids": late,
-                "applied_after_ids": after,
-            }
-        )
+    for i, (row, feature) in enumerate(differences):
+        entry: dict[str, object] = {
+            "transaction_id": ids[row],
+            "event_time": times[row],
+            "entity": feature.entity,
+            "entity_id": keys[REGISTRY.entity(feature.entity).key_field][row],
+            "feature": feature.name,
+            "served": _float(values[feature.name][0][row]),
+            "complete": _float(values[feature.name][1][row]),
+            "unserved_count": None,
+            "late_ids": None,
+            "applied_after_ids": None,
+        }
+        if i < len(explained):
+            late, after = explanations.get((feature.entity, row, feature.window_ms), ([], []))
+            entry.update(unserved_count=len(late) + len(after), late_ids=late, applied_after_ids=after)
+        rows_out.append(entry)
     return pa.Table.from_pylist(rows_out, SKEW_SCHEMA)
 
 
@@ -215,17 +260,19 @@ def _explain(
         )
         key = layout.key_field
         history = history_sql(served=False, columns=[key])
+        bucket = -(-max(p[1] for p in pairs) // BUCKETS_PER_WINDOW)  # the range join of point_in_time_sql
         with spine_table(store, [(ROW, "UInt64"), ("_w", "Int64")], upload) as diffs:
             sql = f"""
 SELECT {ROW}, _w, arrayMap(x -> x.2, events) AS ids, arrayMap(x -> x.3, events) AS never_applied
 FROM (
 SELECT d.{ROW} AS {ROW}, d._w AS _w,
   arraySort(groupArray((e.t, e.transaction_id, isNull(a.applied_seq)))) AS events
-FROM ({history}) AS e
+FROM (SELECT *, intDiv(t, {bucket}) AS bucket FROM ({history})) AS e
 INNER JOIN (
-  SELECT d.{ROW} AS {ROW}, d._w AS _w, s.{key} AS key, s.{AS_OF} AS {AS_OF}, s.{SEQ} AS {SEQ}
+  SELECT d.{ROW} AS {ROW}, d._w AS _w, s.{key} AS key, s.{AS_OF} AS {AS_OF}, s.{SEQ} AS {SEQ},
+    arrayJoin(range(intDiv(s.{AS_OF} - d._w + 1, {bucket}), intDiv(s.{AS_OF}, {bucket}) + 1)) AS bucket
   FROM {diffs} AS d INNER JOIN {spine} AS s ON s.{ROW} = d.{ROW}
-) AS d ON e.{key} = d.key
+) AS d ON e.{key} = d.key AND e.bucket = d.bucket
 LEFT JOIN (
   SELECT transaction_id, toNullable(min(apply_seq)) AS applied_seq
   FROM {{transactions}} FINAL WHERE NOT late GROUP BY transaction_id

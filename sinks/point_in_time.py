@@ -30,9 +30,9 @@ How the query runs (one ``f_<entity>`` step per entity the features need):
 2. A hash join on (key, time bucket) pairs each spine row with its key's events in the buckets its widest
    window touches (``BUCKETS_PER_WINDOW``; the spine row is repeated per bucket, on the build side), then
    filters (T - widest, T] and, served, ``apply_seq <= _seq``. The bucket keeps a busy key (a large
-   merchant) from pairing every spine row with every event it ever had. ClickHouse 25.8 and chDB 26.9
-   also accept the time range inside ``ON``, with no experimental setting, but it measured slower than
-   the filter right after the join.
+   merchant) from pairing every spine row with every event it ever had. chDB 26.9 also accepts the time
+   range inside ``ON`` of this inner join, with no experimental setting, but it measured slower than the
+   filter right after the join, which needs no setting on any version (25.8 in docker-compose).
 3. ``groupArray`` per spine row gathers the events (time, id, the fields the features read; separate
    arrays: a tuple array costs three times more), and every feature is an array expression: counts by
    ``arrayCount`` over the times, max and distinct counts over the window's elements in any order, sums
@@ -79,7 +79,7 @@ BUCKETS_PER_WINDOW = 2
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where each event field sits in the tuples gathered per spine row: (t, id, fields...)."""
+    """An entity the requested features need: its key field and the event fields they read."""
 
     entity: str
     key_field: str
@@ -115,7 +115,7 @@ def history_sql(*, served: bool, columns: Sequence[str]) -> str:
             f"SELECT {select}, apply_seq FROM {{transactions}} FINAL WHERE NOT late "
             "ORDER BY apply_seq, partition, offset LIMIT 1 BY transaction_id"
         )
-    # (topic, partition, offset) is the table's sorting key: read in order, no sort needed.
+    # In log order (the table's sorting key), the first copy of an id is its smallest (partition, offset).
     return (
         f"SELECT {select} FROM {{transactions}} FINAL "
         "ORDER BY topic, partition, offset LIMIT 1 BY transaction_id"
@@ -132,6 +132,9 @@ def point_in_time_sql(
     spine_columns: Sequence[str] = (),
 ) -> str:
     """The query computing ``features`` for every row of ``spine_table``, ordered by ``_row``.
+
+    ``spine_table`` is a table name or a parenthesized subquery with ``_row``, ``_t``, the key columns of
+    the features' entities, ``_seq`` when ``served``, ``transaction_id`` with labels.
 
     ``time_range`` is (earliest, latest) ``_t`` of the spine: history outside (earliest - widest window,
     latest] is pruned before the join. ``served`` switches to the online store's view (module docstring;

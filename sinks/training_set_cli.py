@@ -144,7 +144,8 @@ def feature_log_skew(
     started = time.perf_counter()
     with _errors_exit():
         generation, skew = _with_store(
-            generation, lambda store, g: feature_skew(store, g, _feature_list(features))
+            generation,
+            lambda store, g: feature_skew(store, g, _feature_list(features), explain_limit=limit),
         )
     elapsed = time.perf_counter() - started
     console = Console()

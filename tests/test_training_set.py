@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import sinks.feature_log
 from highwater.cli import app
 from highwater.settings import Settings, get_settings
 from highwater.stack.env import settings_env
@@ -551,7 +552,7 @@ def test_the_spine_table_is_dropped_when_the_query_fails(
 
 # --- the feature log ------------------------------------------------------------------------------------
 def test_the_feature_log_is_what_was_served_and_skew_is_explained(
-    history: History, offline_store: ClickHouseOfflineStore
+    history: History, offline_store: ClickHouseOfflineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     applied = applied_events(history.transactions)
     served = Oracle(applied)
@@ -605,6 +606,13 @@ def test_the_feature_log_is_what_was_served_and_skew_is_explained(
         ), key
         assert (g_late, g_after) == (late, after), key
     assert any(v[2] for v in got.values()) and any(v[3] for v in got.values())  # both kinds occur
+    # In chunks of a few hundred transactions (as long logs are computed), and explaining only a few:
+    monkeypatch.setattr(sinks.feature_log, "CHUNK_ROWS", 300)
+    assert feature_log(offline_store, GEN).equals(log)
+    limited = feature_skew(offline_store, GEN, explain_limit=5)
+    assert limited.num_rows == skew.num_rows
+    assert limited.slice(0, 5).equals(skew.slice(0, 5))
+    assert limited.slice(5)["late_ids"].null_count == skew.num_rows - 5
     assert all(
         r["unserved_count"] == len(r["late_ids"]) + len(r["applied_after_ids"]) > 0 for r in skew.to_pylist()
     )
