@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,21 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GENERATION_PATTERN = r"^[a-z0-9_-]+$"
+"""What a generation name may be: it becomes part of Redis keys and ClickHouse table names."""
+
+
+def validate_generation(name: str) -> str:
+    """``name`` if it is a valid generation name, else ValueError naming it.
+
+    Example:
+        >>> validate_generation("r1")
+        'r1'
+    """
+    if not re.match(GENERATION_PATTERN, name):
+        raise ValueError(f"invalid generation name {name!r}: use lowercase letters, digits, _ and -")
+    return name
 
 
 class StreamSettings(BaseModel):
@@ -58,7 +74,7 @@ class OnlineSettings(BaseModel):
     )
     generation: str = Field(
         "g1",
-        pattern=r"^[a-z0-9_-]+$",
+        pattern=GENERATION_PATTERN,
         description="Generation the stream job writes (and the server reads until another is promoted).",
     )
     materialize: bool = Field(

@@ -24,7 +24,7 @@ import redis
 from highwater.settings import Settings
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
-from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout
+from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, text
 
 PREVIOUS_LIVE_KEY = "hw:live:previous"
 _META = re.compile(rb"^hw:([a-z0-9_-]+):meta:")
@@ -95,11 +95,6 @@ def list_generations(settings: Settings) -> list[GenerationInfo]:
         return infos
     finally:
         offline.close()
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def read_hash(client: redis.Redis, key: str) -> dict[str, str]:

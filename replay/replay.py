@@ -31,10 +31,9 @@ from typing import Any, cast
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from highwater.settings import Settings
+from highwater.settings import Settings, validate_generation
 from highwater.topics import partitions_of
 from replay.generations import live_generation, read_hash, replay_key
-from sinks.clickhouse_offline import table_name
 from sinks.redis_online import KeyLayout
 from streams.job import run_job, source_topics
 from streams.kafka_source import log_end_offsets
@@ -167,7 +166,7 @@ def replay(
 
     Raises ReplayError when the generation is live, or when it was begun with other options.
     """
-    table_name(settings.offline.database, "transactions", generation)  # validates the name
+    validate_generation(generation)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
     if generation == live_generation(settings, client):
         raise ReplayError(f"generation {generation!r} is live; replay into a new generation and promote it")

@@ -45,7 +45,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,11 +56,12 @@ from typing import Any
 import redis
 
 from highwater.progress import progress_bar
-from highwater.settings import Settings
+from highwater.settings import Settings, validate_generation
+from replay.generations import online_generations
 from sinks.clickhouse_offline import ClickHouseOfflineStore, table_name
 from sinks.offline import UnknownGenerationError
 from sinks.online import FeatureValue, OnlineRead, PartitionCheckpoint
-from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore
+from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore, text
 from streams.features import REGISTRY, FeatureRegistry
 
 DEFAULT_AS_OF_OFFSETS_MS = (0, -3_600_000, -23 * 3_600_000)
@@ -74,7 +74,6 @@ READ_THREADS = 3
 SCAN_COUNT = 10_000
 SEEN_CHUNK = 50_000
 DEFAULT_MAX_EXAMPLES = 1_000
-_GENERATION = re.compile(r"^[a-z0-9_-]+$")
 _PendingRead = tuple[int, "Future[OnlineRead]", "Future[OnlineRead]"]
 _META = ("meta:clock", "meta:checkpoints", "meta:counters", "meta:seen", "meta:apply_seq")
 
@@ -169,10 +168,7 @@ def verify(
     a generation that exists neither online nor offline, ``ValueError`` for an invalid name.
     """
     for generation in (a, b):
-        if not _GENERATION.match(generation):
-            raise ValueError(
-                f"invalid generation name {generation!r}: use lowercase letters, digits, _ and -"
-            )
+        validate_generation(generation)
     started = time.perf_counter()
     own_redis = redis_client is None
     own_offline = offline is None
@@ -186,7 +182,7 @@ def verify(
             for generation in (a, b):
                 if generation not in offline_generations and not _has_online_state(client, generation):
                     raise GenerationNotFoundError(
-                        generation, _online_generations(client), offline_generations
+                        generation, sorted(online_generations(client)), offline_generations
                     )
             report = VerifyReport(a, b, max_examples=max_examples)
             _compare_online(report, client, settings, registry, as_of_offsets_ms, progress)
@@ -210,25 +206,15 @@ def _has_online_state(client: redis.Redis, generation: str) -> bool:
     return bool(client.exists(*(f"hw:{generation}:{name}" for name in _META)))
 
 
-def _online_generations(client: redis.Redis) -> list[str]:
-    """Generations with meta keys (only for error messages: it scans the whole keyspace)."""
-    found = set()
-    for key in client.scan_iter(match="hw:*:meta:*", count=SCAN_COUNT):
-        parts = _text(key).split(":")
-        if len(parts) >= 4:
-            found.add(parts[1])
-    return sorted(found)
-
-
 def _entity_ids(client: redis.Redis, generation: str) -> set[tuple[str, str]]:
     """``(entity, id)`` of every events key of ``generation``."""
     prefix = f"hw:{generation}:ev:{{"
     found: set[tuple[str, str]] = set()
     for key in client.scan_iter(match=f"{prefix}*", count=SCAN_COUNT):
-        text = _text(key)
-        if not text.endswith("}"):
+        name = text(key)
+        if not name.endswith("}"):
             continue
-        entity, sep, entity_id = text[len(prefix) : -1].partition(":")
+        entity, sep, entity_id = name[len(prefix) : -1].partition(":")
         if sep:
             found.add((entity, entity_id))
     return found
@@ -375,7 +361,7 @@ def _events_by_id(events: Sequence[Any], fields: Sequence[str] | None) -> dict[s
     """Event id -> its time and fields, from one events key's raw ZRANGE WITHSCORES answer."""
     parsed: dict[str, dict[str, Any]] = {}
     for member, score in _pairs(events):
-        event_id, *values = _text(member).split(FIELD_SEPARATOR)
+        event_id, *values = text(member).split(FIELD_SEPARATOR)
         named: dict[str, str] | list[str] = (
             dict(zip(fields, values, strict=False)) if fields is not None else values
         )
@@ -435,7 +421,7 @@ def _zset(client: redis.Redis, key: str) -> dict[str, int]:
     while True:
         chunk = _pairs(client.execute_command("ZRANGE", key, start, start + SEEN_CHUNK - 1, "WITHSCORES"))
         for member, score in chunk:
-            found[_text(member)] = int(float(score))
+            found[text(member)] = int(float(score))
         if len(chunk) < SEEN_CHUNK:
             return found
         start += SEEN_CHUNK
@@ -446,7 +432,7 @@ def _compare_checkpoints(
 ) -> None:
     topics: set[str] = set()
     for key in (store_a.keys.checkpoints, store_b.keys.checkpoints):
-        topics.update(_text(name).rpartition(":")[0] for name in client.hkeys(key))
+        topics.update(text(name).rpartition(":")[0] for name in client.hkeys(key))
     for topic in sorted(topics):
         found_a, found_b = store_a.checkpoints(topic), store_b.checkpoints(topic)
         for partition in sorted(found_a.keys() | found_b.keys()):
@@ -550,10 +536,6 @@ def _compare_table(
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

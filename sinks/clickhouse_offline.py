@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -35,11 +34,10 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from highwater.settings import Settings
+from highwater.settings import Settings, validate_generation
 from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
 from sinks.offline import HistoryEvent, UnknownGenerationError
 
-_GENERATION = re.compile(r"^[a-z0-9_-]+$")
 _TS = pa.timestamp("ms", tz="UTC")
 
 # Arrow layout of each history table: the event's own fields, then what history adds.
@@ -70,9 +68,7 @@ _TABLE_OF_TOPIC = {TRANSACTIONS: "transactions", FRAUD_LABELS: "fraud_labels"}
 
 def table_name(database: str, kind: str, generation: str) -> str:
     """The quoted name of one history table, e.g. ``highwater.`transactions_g1```."""
-    if not _GENERATION.match(generation):
-        raise ValueError(f"invalid generation name {generation!r}: use lowercase letters, digits, _ and -")
-    return f"{database}.`{kind}_{generation}`"
+    return f"{database}.`{kind}_{validate_generation(generation)}`"
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -116,7 +112,7 @@ class ClickHouseOfflineStore:
     # --- generations --------------------------------------------------------------------------------
     def migrate(self, generation: str) -> list[str]:
         """Apply the migrations ``generation`` lacks, in order; returns their names."""
-        table_name(self.database, "transactions", generation)  # validates the name
+        validate_generation(generation)
         done = set(self._applied(generation))
         applied = []
         for name, sql in migrations():

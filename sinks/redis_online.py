@@ -198,7 +198,7 @@ class RedisOnlineStore:
             index = fields.index(spec.field) + 1 if spec.field else 0
             args += (spec.aggregation.value, spec.window_ms, index)
         flat = self._read(keys=[LIVE_GENERATION_KEY] if self._follow_live else [], args=args)
-        status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], _text(flat[3])
+        status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], text(flat[3])
         clock = int(raw_clock) if raw_clock != b"" else None
         if status == b"no_clock":
             raise NoClockError(
@@ -233,10 +233,10 @@ class RedisOnlineStore:
         """Stored checkpoints of ``topic``'s partitions."""
         found: dict[int, PartitionCheckpoint] = {}
         for raw_field, raw_value in self._redis.hgetall(self.keys.checkpoints).items():
-            ckpt_topic, _, partition = _text(raw_field).rpartition(":")
+            ckpt_topic, _, partition = text(raw_field).rpartition(":")
             if ckpt_topic != topic:
                 continue
-            offset, _, max_time = _text(raw_value).partition(":")
+            offset, _, max_time = text(raw_value).partition(":")
             found[int(partition)] = PartitionCheckpoint(
                 topic, int(partition), int(offset), int(max_time) if max_time else None
             )
@@ -244,8 +244,9 @@ class RedisOnlineStore:
 
     def counters(self) -> dict[str, int]:
         """Pipeline counters stored with the checkpoints (exact across restarts)."""
-        return {_text(k): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
+        return {text(k): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else value
