@@ -34,7 +34,7 @@ from serving.client import FeatureClient, OnlineFeatures
 from serving.server import build_server
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.feature_log import feature_skew
-from sinks.redis_online import RedisOnlineStore
+from sinks.redis_online import RedisOnlineStore, live_generation
 from sinks.training_set import build_training_set
 from streams.features import REGISTRY
 from streams.job import run_job
@@ -187,7 +187,7 @@ def _replay_verify_train(
     lines: list[tuple[str, str]] = []
     generation = f"demo-{int(time.time())}"
     replayed = replay(settings, generation)
-    checked = verify(settings, settings.online.generation, generation, progress=False)
+    checked = verify(settings, live_generation(settings), generation, progress=False)
     lines.append(
         (
             "replay",
@@ -240,7 +240,7 @@ def _replay_verify_train(
     )
     store = ClickHouseOfflineStore.from_settings(settings)
     try:
-        skew = feature_skew(store, settings.online.generation, explain_limit=0)
+        skew = feature_skew(store, live_generation(settings), explain_limit=0)
     finally:
         store.close()
     lines.append(

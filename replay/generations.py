@@ -24,7 +24,7 @@ import redis
 from highwater.settings import Settings
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
-from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, text
+from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, live_generation, text
 
 PREVIOUS_LIVE_KEY = "hw:live:previous"
 _META = re.compile(rb"^hw:([a-z0-9_-]+):meta:")
@@ -45,13 +45,6 @@ class GenerationInfo:
 
 def _redis(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
-
-
-def live_generation(settings: Settings, client: redis.Redis | None = None) -> str:
-    """The generation the live pointer names, or the configured one while none was promoted."""
-    client = client or _redis(settings)
-    raw = client.get(LIVE_GENERATION_KEY)
-    return raw.decode() if isinstance(raw, bytes) else settings.online.generation
 
 
 def online_generations(client: redis.Redis) -> set[str]:

@@ -247,6 +247,18 @@ class RedisOnlineStore:
         return {text(k): int(v) for k, v in self._redis.hgetall(self.keys.counters).items()}
 
 
+def live_generation(settings: Settings, client: redis.Redis | None = None) -> str:
+    """The generation the live pointer names, or ``settings.online.generation`` while none was promoted.
+
+    What the server reads; training sets and the feature log default to it too.
+    """
+    client = client or redis.Redis.from_url(
+        settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0
+    )
+    raw = client.get(LIVE_GENERATION_KEY)
+    return text(raw) if raw is not None else settings.online.generation
+
+
 def text(value: bytes | str) -> str:
     """A Redis reply (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else value

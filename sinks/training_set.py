@@ -43,6 +43,7 @@ from serving.timeconv import format_ms, to_ms
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
 from sinks.point_in_time import AS_OF, LABEL, ROW, entity_layouts, point_in_time_sql, spine_table
+from sinks.redis_online import live_generation
 from streams.features import REGISTRY, Feature
 
 TRANSACTION_ID = "transaction_id"
@@ -102,9 +103,9 @@ def open_store(source: Settings | ClickHouseOfflineStore) -> Iterator[ClickHouse
 
 
 def default_generation(source: Settings | ClickHouseOfflineStore) -> str:
-    """The live generation: for now the configured online generation."""
+    """The live generation (the one the server reads; see ``highwater generations promote``)."""
     settings = source if isinstance(source, Settings) else get_settings()
-    return settings.online.generation
+    return live_generation(settings)
 
 
 def read_spine(path: str | Path) -> pa.Table:

@@ -33,7 +33,7 @@ feature_log_app = typer.Typer(
 )
 
 _Generation = Annotated[
-    str | None, typer.Option(help="Offline generation; default the live one (online.generation).")
+    str | None, typer.Option(help="Offline generation; default the live one (what the server reads).")
 ]
 _Features = Annotated[
     str | None, typer.Option(help="Comma-separated feature names; default all.", show_default=False)
@@ -76,7 +76,12 @@ def training_set(
     """Build a training set: each feature of each spine row as of its timestamp, from offline history."""
     from highwater.settings import get_settings
     from serving.timeconv import parse_as_of
-    from sinks.training_set import TrainingSetError, build_training_set, write_parquet_atomic
+    from sinks.training_set import (
+        TrainingSetError,
+        build_training_set,
+        default_generation,
+        write_parquet_atomic,
+    )
 
     started = time.perf_counter()
     with _errors_exit():
@@ -87,6 +92,7 @@ def training_set(
             except ValueError as error:
                 raise TrainingSetError(f"label cutoff: {error}") from None
         settings = get_settings()
+        generation = generation or default_generation(settings)
         table = build_training_set(
             settings,
             spine,
@@ -100,7 +106,7 @@ def training_set(
     elapsed = time.perf_counter() - started
     typer.echo(
         f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {out} in {elapsed:.2f} s "
-        f"(generation {generation or settings.online.generation})"
+        f"(generation {generation})"
     )
 
 
@@ -163,10 +169,10 @@ def feature_log_skew(
 
 def _with_store(generation: str | None, action: Callable[[Any, str], pa.Table]) -> tuple[str, pa.Table]:
     from highwater.settings import get_settings
-    from sinks.training_set import open_store
+    from sinks.training_set import default_generation, open_store
 
     settings = get_settings()
-    generation = generation or settings.online.generation
+    generation = generation or default_generation(settings)
     with open_store(settings) as store:
         return generation, action(store, generation)
 

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import redis
 from typer.testing import CliRunner
 
 import sinks.feature_log
@@ -35,6 +36,7 @@ from serving.timeconv import format_ms
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.feature_log import feature_log, feature_skew
 from sinks.offline import HistoryEvent, UnknownGenerationError
+from sinks.redis_online import LIVE_GENERATION_KEY
 from sinks.training_set import TrainingSetError, build_training_set
 from streams.features import REGISTRY, Aggregation, Feature
 from streams.synthetic import SyntheticStream
@@ -813,3 +815,17 @@ def test_the_commands_write_the_same_tables_and_fail_in_one_line(
     assert skew["transaction_id"][0].as_py() in report.output and "more (--limit)" in report.output
     unknown = runner.invoke(app, ["feature-log", "skew", "--generation", "ts_nope"])
     assert unknown.exit_code == 2 and "error: unknown generation 'ts_nope'" in unknown.output
+
+
+def test_the_default_generation_is_the_live_one(
+    history: History, offline_settings: Settings, redis_client: redis.Redis
+) -> None:
+    spine = _good_spine(history).slice(0, 5)
+    with pytest.raises(UnknownGenerationError, match=offline_settings.online.generation):
+        build_training_set(offline_settings, spine, ["card_txn_count_1h"])  # nothing promoted: g1, no tables
+    redis_client.set(LIVE_GENERATION_KEY, GEN)
+    try:
+        live = build_training_set(offline_settings, spine, ["card_txn_count_1h"])
+    finally:
+        redis_client.delete(LIVE_GENERATION_KEY)
+    assert live == build_training_set(offline_settings, spine, ["card_txn_count_1h"], generation=GEN)
