@@ -38,10 +38,9 @@ from typing import Any, TextIO
 import numpy as np
 
 import highwater.stack.deathsig
-from highwater.bootstrap import bootstrap_log
+from highwater.bootstrap import bootstrapped_stack
 from highwater.progress import progress_bar
 from highwater.settings import Settings
-from highwater.stack import LocalStack
 from highwater.stack.env import isolated_settings, settings_env
 from schemas.catalog import TRANSACTIONS
 from streams.producer import EventProducer, ProduceReport
@@ -78,18 +77,16 @@ def isolated_stack(name: str, configure: Callable[[Settings], None] | None = Non
     settings = isolated_settings(state_dir)
     if configure is not None:
         configure(settings)
-    stack = LocalStack(settings, outlive_caller=False)
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
-        stack.start()
-        bootstrap_log(settings)
-        say(
-            f"local stack up in {time.perf_counter() - started:.1f} s: broker {settings.broker_bootstrap}, "
-            f"registry {settings.schema_registry_url}, redis {settings.redis_url} (state {state_dir})"
-        )
-        yield settings
+        with bootstrapped_stack(settings):
+            say(
+                f"local stack up in {time.perf_counter() - started:.1f} s: broker "
+                f"{settings.broker_bootstrap}, registry {settings.schema_registry_url}, redis "
+                f"{settings.redis_url} (state {state_dir})"
+            )
+            yield settings
     finally:
-        stack.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

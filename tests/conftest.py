@@ -22,24 +22,17 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from highwater.bootstrap import bootstrap_log
-from highwater.settings import Settings
-from highwater.stack import LocalStack
-from highwater.stack.env import isolated_settings
+from highwater.bootstrap import bootstrapped_stack
+from highwater.settings import Settings, get_settings
+from highwater.stack.env import isolated_settings, settings_env
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of the session's running, bootstrapped local stack."""
-    settings = isolated_settings(tmp_path_factory.mktemp("stack"))
-    local = LocalStack(settings, outlive_caller=False)
-    try:
-        local.start()
-        bootstrap_log(settings)
+    with bootstrapped_stack(isolated_settings(tmp_path_factory.mktemp("stack"))) as settings:
         yield settings
-    finally:
-        local.stop()
 
 
 @pytest.fixture
@@ -72,3 +65,15 @@ def offline_store(offline_settings: Settings) -> Iterator[ClickHouseOfflineStore
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def cli_env(offline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In-process CLI runs (typer's CliRunner) see the session stack: its HIGHWATER_* variables are set."""
+    for name, value in settings_env(offline_settings).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        get_settings.cache_clear()

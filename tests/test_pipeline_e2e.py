@@ -20,9 +20,8 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from highwater.bootstrap import bootstrap_log
+from highwater.bootstrap import bootstrapped_stack
 from highwater.settings import Settings
-from highwater.stack import LocalStack
 from highwater.stack.env import isolated_settings, settings_env
 from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, LATE_EVENTS, TRANSACTIONS
 from schemas.serde import AvroSerde
@@ -47,14 +46,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A stack of its own with a disordered stream, very late events and malformed records on the log."""
     settings = isolated_settings(tmp_path_factory.mktemp("pipeline"))
     settings.stream.batch_size = 500
-    local = LocalStack(settings, outlive_caller=False)
-    try:
-        local.start()
-        bootstrap_log(settings)
+    with bootstrapped_stack(settings):
         _produce(settings)
         yield settings
-    finally:
-        local.stop()
 
 
 def _produce(settings: Settings) -> None:

@@ -19,9 +19,8 @@ import pytest
 import redis
 from confluent_kafka import Consumer
 
-from highwater.bootstrap import bootstrap_log
+from highwater.bootstrap import bootstrapped_stack
 from highwater.settings import Settings
-from highwater.stack import LocalStack
 from highwater.stack.env import isolated_settings, settings_env
 from replay.generations import drop, list_generations, live_generation, promote
 from replay.replay import ReplayError, _timestamp_at, replay, resolve_positions
@@ -44,17 +43,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A stack of its own whose live generation g1 was built by the stream job from a disordered log."""
     settings = isolated_settings(tmp_path_factory.mktemp("replay"))
     settings.stream.batch_size = 700
-    local = LocalStack(settings, outlive_caller=False)
-    try:
-        local.start()
-        bootstrap_log(settings)
+    with bootstrapped_stack(settings):
         stream = SyntheticStream(seed=5, count=COUNT, disorder_ms=4_000, late_share=0.01)
         report = EventProducer(settings).produce_many((d.topic, d.record) for d in stream.deliveries())
         assert not report.rejected
         run_job(until_end=True, settings=settings, show_progress=False)
         yield settings
-    finally:
-        local.stop()
 
 
 def _online_state(settings: Settings, generation: str) -> dict[str, Any]:

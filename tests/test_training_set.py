@@ -29,8 +29,7 @@ from typer.testing import CliRunner
 
 import sinks.feature_log
 from highwater.cli import app
-from highwater.settings import Settings, get_settings
-from highwater.stack.env import settings_env
+from highwater.settings import Settings
 from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
 from serving.timeconv import format_ms
 from sinks.clickhouse_offline import ClickHouseOfflineStore
@@ -715,17 +714,6 @@ def test_a_late_event_and_one_applied_later_make_exactly_the_expected_skew(
 
 
 # --- command line ---------------------------------------------------------------------------------------
-@pytest.fixture
-def cli_env(offline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in settings_env(offline_settings).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        get_settings.cache_clear()
-
-
 def test_the_commands_write_the_same_tables_and_fail_in_one_line(
     history: History, offline_store: ClickHouseOfflineStore, cli_env: None, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ import redis
 from typer.testing import CliRunner
 
 from highwater.cli import app
-from highwater.settings import Settings, get_settings
+from highwater.settings import Settings
 from highwater.stack.env import settings_env
 from replay.verify import Difference, VerifyReport, verify
 from schemas.catalog import TRANSACTIONS
@@ -300,17 +300,6 @@ def test_a_history_row_with_another_amount_is_reported(pair: Pair) -> None:
 
 
 # --- command line ---------------------------------------------------------------------------------
-@pytest.fixture
-def cli_env(offline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in settings_env(offline_settings).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        get_settings.cache_clear()
-
-
 def test_the_command_exits_0_when_identical_1_when_different_2_for_an_unknown_generation(
     pair: Pair, cli_env: None
 ) -> None:
