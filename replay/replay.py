@@ -35,6 +35,7 @@ from highwater.settings import Settings, validate_generation
 from highwater.topics import partitions_of
 from replay.generations import live_generation, read_hash, replay_key
 from sinks.redis_online import KeyLayout
+from streams.features import REGISTRY, FeatureRegistry
 from streams.job import run_job, source_topics
 from streams.kafka_source import log_end_offsets
 
@@ -161,10 +162,13 @@ def replay(
     end: str | None = None,
     targets: tuple[str, ...] = TARGETS,
     show_progress: bool = True,
+    registry: FeatureRegistry = REGISTRY,
 ) -> ReplayReport:
     """Rebuild ``targets`` of ``generation`` from the log (see the module docstring); resumes if begun.
 
-    Raises ReplayError when the generation is live, or when it was begun with other options.
+    Raises ReplayError when the generation is live, or when it was begun with other options. The new
+    generation records the layout of ``registry`` (the code's feature definitions): replaying after a
+    feature was added computes it over the whole replayed log (a backfill), live untouched.
     """
     validate_generation(generation)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
@@ -173,7 +177,7 @@ def replay(
     target = settings.for_generation(generation)
     target.online.materialize = "online" in targets
     target.offline.history = "history" in targets
-    topics = source_topics(target)
+    topics = source_topics(target, registry)
     options = {"from": start, "to": end or "", "targets": ",".join(targets)}
     record = read_hash(client, replay_key(generation))
     resumed = bool(record)
@@ -202,7 +206,12 @@ def replay(
         _begin(client, generation, options, starts, ends)
     began = time.perf_counter()
     processed = run_job(
-        until_end=True, settings=target, show_progress=show_progress, ends=ends, label="replay"
+        until_end=True,
+        settings=target,
+        show_progress=show_progress,
+        ends=ends,
+        label="replay",
+        registry=registry,
     )
     seconds = time.perf_counter() - began
     client.hset(replay_key(generation), mapping={"status": "done", "finished_at": _now()})

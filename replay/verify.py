@@ -62,7 +62,7 @@ from sinks.clickhouse_offline import ClickHouseOfflineStore, table_name
 from sinks.offline import UnknownGenerationError
 from sinks.online import FeatureValue, OnlineRead, PartitionCheckpoint
 from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore, text
-from streams.features import REGISTRY, FeatureRegistry
+from streams.features import REGISTRY, EntityLayout, FeatureRegistry
 
 DEFAULT_AS_OF_OFFSETS_MS = (0, -3_600_000, -23 * 3_600_000)
 HISTORY_TABLES = ("transactions", "fraud_labels")
@@ -251,8 +251,11 @@ def _compare_online(
         for entity, ids in by_entity.items()
         for start in range(0, len(ids), READ_CHUNK)
     ]
-    features_of = {e: [f.name for f in registry.features_of(e)] if e in known else [] for e in by_entity}
-    fields_of = {e: registry.fields_of(e) if e in known else None for e in by_entity}
+    layouts_a, layouts_b = _layouts(store_a, registry), _layouts(store_b, registry)
+    features_of = {e: _comparable_features(report, registry, e, layouts_a, layouts_b) for e in by_entity}
+    fields_of = {
+        e: (_fields(layouts_a, e), _fields(layouts_b, e)) if e in known else (None, None) for e in by_entity
+    }
     label = f"verify {report.a} vs {report.b}"
     # Feature reads run in threads, one chunk ahead: Redis aggregates the next chunk's reads while
     # Python compares this one's.
@@ -277,7 +280,7 @@ def _compare_online(
         ahead = submit(*chunks[0]) if chunks else []
         for i, (entity, chunk) in enumerate(chunks):
             reads, ahead = ahead, submit(*chunks[i + 1]) if i + 1 < len(chunks) else []
-            _compare_events(report, client, store_a, store_b, entity, chunk, fields_of[entity])
+            _compare_events(report, client, store_a, store_b, entity, chunk, *fields_of[entity])
             for as_of, read_a, read_b in reads:
                 rows_a, rows_b = read_a.result().rows, read_b.result().rows
                 _compare_features(report, entity, chunk, features_of[entity], as_of, rows_a, rows_b)
@@ -327,7 +330,8 @@ def _compare_events(
     store_b: RedisOnlineStore,
     entity: str,
     ids: Sequence[str],
-    fields: Sequence[str] | None,
+    fields_a: Sequence[str] | None,
+    fields_b: Sequence[str] | None,
 ) -> None:
     pipe = client.pipeline(transaction=False)
     # execute_command skips redis-py's per-score conversion (a third of the time): equal sets give equal
@@ -342,12 +346,53 @@ def _compare_events(
         if events_a == events_b:
             report.events += len(_pairs(events_a))
             continue
-        parsed_a, parsed_b = _events_by_id(events_a, fields), _events_by_id(events_b, fields)
+        parsed_a, parsed_b = _events_by_id(events_a, fields_a), _events_by_id(events_b, fields_b)
         report.events += len(parsed_a.keys() | parsed_b.keys())
         for event_id in sorted(parsed_a.keys() | parsed_b.keys()):
             value_a, value_b = parsed_a.get(event_id), parsed_b.get(event_id)
             if value_a != value_b:
                 report.add("online.event", f"{entity}:{entity_id} {event_id}", value_a, value_b)
+
+
+def _layouts(store: RedisOnlineStore, registry: FeatureRegistry) -> dict[str, EntityLayout]:
+    """The generation's recorded layouts; the registry's when it has none recorded (nothing written)."""
+    return store.held_layouts() or {e.name: registry.layout(e.name) for e in registry.entities()}
+
+
+def _fields(layouts: dict[str, EntityLayout], entity: str) -> Sequence[str] | None:
+    layout = layouts.get(entity)
+    return layout.fields if layout is not None else None
+
+
+def _comparable_features(
+    report: VerifyReport,
+    registry: FeatureRegistry,
+    entity: str,
+    layouts_a: dict[str, EntityLayout],
+    layouts_b: dict[str, EntityLayout],
+) -> list[str]:
+    """The entity's features both generations hold; a note for each one only one of them holds."""
+    if entity not in {e.name for e in registry.entities()}:
+        return []
+    both = []
+    for feature in registry.features_of(entity):
+        reasons = {}
+        for generation, layouts in ((report.a, layouts_a), (report.b, layouts_b)):
+            layout = layouts.get(entity)
+            reason = layout.missing(feature) if layout else f"entity {entity!r} is not in the generation"
+            if reason:
+                reasons[generation] = reason
+        if not reasons:
+            both.append(feature.name)
+        else:
+            held_by = [g for g in (report.a, report.b) if g not in reasons]
+            where = f"held by {held_by[0]} only" if held_by else "held by neither"
+            report.notes.append(
+                f"feature {feature.name} not compared: {where} ("
+                + "; ".join(f"{g}: {r}" for g, r in reasons.items())
+                + ")"
+            )
+    return both
 
 
 def _pairs(answer: Sequence[Any]) -> Sequence[Any]:

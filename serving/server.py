@@ -32,6 +32,7 @@ from highwater.settings import Settings, get_settings
 from serving.protos import features_pb2, features_pb2_grpc
 from serving.service import SERVICE_NAME, FeatureServicer
 from sinks.online import OnlineStore
+from streams.features import REGISTRY, FeatureRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,11 @@ class FeatureServer(grpc.Server):
 
 
 def build_server(
-    settings: Settings, store: OnlineStore, *, max_workers: int = DEFAULT_MAX_WORKERS
+    settings: Settings,
+    store: OnlineStore,
+    *,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    registry: FeatureRegistry = REGISTRY,
 ) -> FeatureServer:
     """A not-yet-started server bound to ``settings.grpc_host:settings.grpc_port`` (port 0 picks one).
 
@@ -107,7 +112,7 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="highwater-grpc"),
         options=[("grpc.so_reuseport", 0)],
     )
-    features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(store), server)
+    features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(store, registry), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -7,7 +7,8 @@ caller can fix the request from the message alone:
   :data:`MAX_ENTITY_IDS` ids, or an empty id; a malformed ``as_of``.
 * ``FAILED_PRECONDITION``: ``as_of`` older than the event-time clock minus the store's retention (the
   store no longer holds every event such an answer needs), or no ``as_of`` while the pipeline has not
-  applied anything yet (there is no clock to default to).
+  applied anything yet (there is no clock to default to), or a feature the generation being served was
+  created without (defined after it: it is served once a replay that holds it is promoted).
 * ``UNAVAILABLE``: the store cannot be reached (e.g. Redis is down); ``INTERNAL`` for any other store
   failure. Neither leaks a traceback to the caller; both are logged.
 
@@ -30,7 +31,7 @@ import redis
 
 from serving.protos import features_pb2, features_pb2_grpc
 from serving.timeconv import format_duration_ms, format_ms, ms_to_timestamp, timestamp_to_ms
-from sinks.online import AsOfTooOldError, FeatureValue, NoClockError, OnlineStore
+from sinks.online import AsOfTooOldError, FeatureNotHeldError, FeatureValue, NoClockError, OnlineStore
 from streams.features import REGISTRY, Feature, FeatureRegistry
 
 SERVICE_NAME = "highwater.v1.FeatureService"
@@ -183,6 +184,13 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 f"as_of: {format_ms(as_of_ms)} is older than the event-time clock {format_ms(clock_ms)} "
                 f"minus the online retention {format_duration_ms(retention_ms)} ({retention_ms} ms); "
                 f"the earliest servable as_of is {format_ms(clock_ms - retention_ms)}",
+            ) from None
+        except FeatureNotHeldError as error:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"features: {error.feature!r} is not held by generation {error.generation!r}, the one "
+                f"being served: {error.reason}; backfill it with `highwater replay --generation NEW` "
+                "and `highwater generations promote NEW`",
             ) from None
         except (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError) as error:
             logger.warning(

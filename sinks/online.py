@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from streams.features import EntityLayout
 
 
 class FeatureValue(NamedTuple):
@@ -67,6 +70,20 @@ class AsOfTooOldError(Exception):
         self.retention_ms = retention_ms
 
 
+class FeatureNotHeldError(Exception):
+    """The generation read was built without what a requested feature needs (added after it was created).
+
+    ``reason`` says what is missing (a field its events do not carry online, or a window wider than it
+    keeps). Serving the feature needs a backfill: a replay into a new generation, then its promotion.
+    """
+
+    def __init__(self, feature: str, generation: str, reason: str) -> None:
+        super().__init__(f"feature {feature!r} is not held by generation {generation!r}: {reason}")
+        self.feature = feature
+        self.generation = generation
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class PartitionCheckpoint:
     """Where a source partition's processing stands: the next offset and its event-time high-water mark.
@@ -107,6 +124,9 @@ class OnlineStore(Protocol):
         :class:`NoClockError` when ``as_of_ms`` is None and nothing was applied yet, and
         :class:`AsOfTooOldError` when ``as_of_ms`` is older than the clock minus ``retention_ms``.
         """
+
+    def layouts(self) -> dict[str, EntityLayout]:
+        """The layout of each entity the generation holds, fixed by its first writer (recorded then)."""
 
     def clock_ms(self) -> int | None:
         """The pipeline's event-time clock: the highest applied event_time; None before any event."""

@@ -1,15 +1,15 @@
 """Lua scripts the Redis online store runs server-side.
 
-Both scripts are atomic in Redis. ``APPLY_BATCH`` applies a batch of events, the partitions'
-checkpoints, the counters and the event-time clock in one step, so a crash leaves either all of a
-batch or none of it. ``READ_FEATURES`` reads the clock, checks ``as_of`` against the retention and
-aggregates each entity's events over the requested windows, so one round trip answers a request and
-only the answers cross the network.
+Every script is atomic in Redis. ``RECORD_LAYOUT`` fixes a generation's layout at its first write.
+``APPLY_BATCH`` applies a batch of events, the partitions' checkpoints, the counters and the event-time
+clock in one step, so a crash leaves either all of a batch or none of it. ``READ_FEATURES`` reads the
+clock, checks ``as_of`` against the retention and aggregates each entity's events over the requested
+windows, so one round trip answers a request and only the answers cross the network.
 
 An entity's events live in one sorted set: score = event_time, member = the event id followed by the
-entity's feature fields, joined by the unit separator (0x1f), fields in the order of
-``FeatureRegistry.fields_of``. Numbers go back to Python as strings (``%.17g``) so no precision is lost
-to Redis' integer conversion of Lua numbers.
+entity's feature fields, joined by the unit separator (0x1f), fields in the order of the generation's
+recorded layout (``hw:{gen}:meta:layout``, see :class:`streams.features.EntityLayout`). Numbers go back
+to Python as strings (``%.17g``) so no precision is lost to Redis' integer conversion of Lua numbers.
 
 Ids and field values never contain control characters (``schemas.validate`` refuses them), so the
 separators 0x1d-0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few thousand values,
@@ -75,15 +75,24 @@ end
 return {n - duplicates - beyond, duplicates}
 """
 
+RECORD_LAYOUT = r"""
+-- KEYS: the generation's layout hash. ARGV: [entity, layout JSON] * n: the writer's definitions.
+-- Records them only when the generation has no layout yet (its first writer); returns what it holds.
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 READ_FEATURES = r"""
 -- KEYS: the live-generation pointer, or none to read ARGV[1]'s generation as it is
 -- ARGV: generation (used when there is no pointer or it is unset), entity, n_ids, ids...,
---       as_of_ms ('' = the clock), retention_ms, n_fields (the entity's feature fields),
---       n_features, [aggregation, window_ms, field_index] * n (field_index counts from 1; 0 = none)
+--       as_of_ms ('' = the clock), retention_ms, default layout (JSON, used when the generation has
+--       none recorded), n_features, [aggregation, window_ms, field ('' = none)] * n
 -- Returns {status, as_of, clock ('' = none), generation, then per entity id, per feature: value
---          ('' = null), latest contributing event time ('' = none)}; status 'ok', 'no_clock' or 'too_old'.
+--          ('' = null), latest contributing event time ('' = none)}; status 'ok', 'no_clock' or
+--          'too_old'; or {'not_held', feature index (from 1), 'field', 'window' or 'entity', generation}.
 -- Key names are built here from the generation the pointer names at this instant, so one request reads
--- one generation whole even while another is being promoted.
+-- one generation whole even while another is being promoted; the field positions come from that
+-- generation's recorded layout, so code with more features reads older generations correctly.
 local gen = ARGV[1]
 if #KEYS > 0 then
   local live = redis.call('GET', KEYS[1])
@@ -92,6 +101,35 @@ end
 local prefix = 'hw:' .. gen
 local entity, n_ids = ARGV[2], tonumber(ARGV[3])
 local a0 = 3 + n_ids  -- ARGV[a0 + i] is what ARGV[i] was before the ids
+local layout_key = prefix .. ':meta:layout'
+local recorded = redis.call('HGET', layout_key, entity)
+if not recorded then
+  if redis.call('EXISTS', layout_key) == 1 then return {'not_held', '1', 'entity', gen} end
+  recorded = ARGV[a0 + 3]  -- nothing written yet: the caller's definitions
+end
+local layout = cjson.decode(recorded)
+local position = {}
+for i, name in ipairs(layout.fields) do position[name] = i end
+local n_fields = #layout.fields
+local nf = tonumber(ARGV[a0 + 4])
+local specs, max_w, needs_fields = {}, 0, false
+local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
+for i = 1, nf do
+  local base = a0 + 5 + 3 * (i - 1)
+  local agg, w, name = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
+  local fi = 0
+  if name ~= '' then
+    fi = position[name]
+    if not fi then return {'not_held', tostring(i), 'field', gen} end
+  end
+  if w > layout.max_window_ms then return {'not_held', tostring(i), 'window', gen} end
+  specs[i] = {agg, w, fi}
+  if w > max_w then max_w = w end
+  if fi > 0 then
+    needs_fields = true
+    if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
+  end
+end
 local clock = redis.call('GET', prefix .. ':meta:clock')
 local as_of
 if ARGV[a0 + 1] == '' then
@@ -101,20 +139,6 @@ else
   as_of = tonumber(ARGV[a0 + 1])
   if clock and as_of < tonumber(clock) - tonumber(ARGV[a0 + 2]) then
     return {'too_old', ARGV[a0 + 1], clock, gen}
-  end
-end
-local n_fields = tonumber(ARGV[a0 + 3])
-local nf = tonumber(ARGV[a0 + 4])
-local specs, max_w, needs_fields = {}, 0, false
-local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
-for i = 1, nf do
-  local base = a0 + 5 + 3 * (i - 1)
-  local agg, w, fi = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  specs[i] = {agg, w, fi}
-  if w > max_w then max_w = w end
-  if fi > 0 then
-    needs_fields = true
-    if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
   end
 end
 -- One pattern captures every field of a member (event id first) in one call per event.

@@ -7,7 +7,10 @@ hash tag):
 ``hw:live``                        string  the live generation: what the server reads (unset: the
                                            configured ``online.generation``)
 ``hw:{gen}:ev:{entity:id}``        zset    score = event_time ms; member = event id, then the entity's
-                                           feature fields, 0x1f-separated (``FeatureRegistry.fields_of``)
+                                           feature fields, 0x1f-separated, in ``meta:layout`` order
+``hw:{gen}:meta:layout``           hash    entity -> JSON ``{"fields": [...], "max_window_ms": N}``:
+                                           what the generation's events carry, recorded by its first
+                                           write and never changed (``EntityLayout``)
 ``hw:{gen}:meta:seen``             zset    member = applied event id, score = its event_time: the
                                            idempotency index (first applied wins)
 ``hw:{gen}:meta:checkpoints``      hash    ``topic:partition`` -> ``next_offset:max_event_time``
@@ -17,6 +20,12 @@ hash tag):
 ``hw:{gen}:meta:apply_seq``        string  the last apply sequence number handed out (history tags
                                            each event with the batch's number: the processing order)
 =================================  ======  =========================================================
+
+Feature definitions change; generations do not. A generation keeps the layout it was created with, so
+code that adds a feature still reads (and keeps writing) older generations correctly, and refuses a
+feature a generation does not hold with :class:`~sinks.online.FeatureNotHeldError`. Serving it takes a
+backfill: ``highwater replay`` into a new generation (created with the new layout), then
+``highwater generations promote``.
 
 Why raw events rather than pre-aggregated tiles: every window boundary (T-W, T] is then exact for any
 T, windows empty out by themselves as T moves, and a read is one range scan per id. Idempotency is by
@@ -39,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import redis
@@ -46,14 +56,15 @@ import redis
 from highwater.settings import Settings
 from sinks.online import (
     AsOfTooOldError,
+    FeatureNotHeldError,
     FeatureValue,
     NoClockError,
     OnlineRead,
     PartitionCheckpoint,
     WriteBatch,
 )
-from sinks.redis_lua import APPLY_BATCH, READ_FEATURES
-from streams.features import REGISTRY, FeatureRegistry
+from sinks.redis_lua import APPLY_BATCH, READ_FEATURES, RECORD_LAYOUT
+from streams.features import REGISTRY, EntityLayout, FeatureRegistry
 
 _new_tuple = tuple.__new__
 LIVE_GENERATION_KEY = "hw:live"
@@ -74,6 +85,7 @@ class KeyLayout:
         self.counters = f"{self.prefix}:meta:counters"
         self.seen = f"{self.prefix}:meta:seen"
         self.apply_seq = f"{self.prefix}:meta:apply_seq"
+        self.layout = f"{self.prefix}:meta:layout"
         self._events = f"{self.prefix}:ev:{{"
 
     def events(self, entity: str, entity_id: str) -> str:
@@ -98,12 +110,17 @@ class RedisOnlineStore:
         self.keys = KeyLayout(settings.online.generation)
         self.retention_ms = settings.online.retention_ms
         self._ttl_ms = settings.online.ttl_ms
-        self._keep_ms = (
+        self._margin_ms = (
             settings.online.retention_ms
-            + registry.max_window_ms()
             + settings.stream.max_out_of_orderness_ms
             + settings.stream.allowed_lateness_ms
         )
+        self._layouts: dict[str, EntityLayout] | None = None
+        self._default_layout_json = {
+            e.name: _layout_json(registry.layout(e.name)) for e in registry.entities()
+        }
+        self._default_layout_args = [x for pair in self._default_layout_json.items() for x in pair]
+        self._record_layout = client.register_script(RECORD_LAYOUT)
         self._apply = client.register_script(APPLY_BATCH)
         self._read = client.register_script(READ_FEATURES)
 
@@ -123,8 +140,25 @@ class RedisOnlineStore:
 
     @property
     def keep_ms(self) -> int:
-        """How far behind its partition's clock an event is still kept."""
-        return self._keep_ms
+        """How far behind its partition's clock an event is still kept (from the generation's layout)."""
+        return self._margin_ms + max(layout.max_window_ms for layout in self.layouts().values())
+
+    def layouts(self) -> dict[str, EntityLayout]:
+        """The generation's layout of each entity it holds; the first writer records its registry's.
+
+        A generation's layout is fixed when it is first written: every later writer (newer code
+        included) keeps to it, so its events never change shape, and entities added to the code later
+        are not held by it (their history would start at the deploy, not at the log's start).
+        """
+        if self._layouts is None:
+            flat = self._record_layout(keys=[self.keys.layout], args=self._default_layout_args)
+            self._layouts = {text(k): _parse_layout(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        return self._layouts
+
+    def held_layouts(self, generation: str | None = None) -> dict[str, EntityLayout]:
+        """A generation's recorded layouts (default: this store's), without recording any."""
+        key = KeyLayout(generation).layout if generation else self.keys.layout
+        return {text(k): _parse_layout(v) for k, v in self._redis.hgetall(key).items()}
 
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
@@ -140,7 +174,7 @@ class RedisOnlineStore:
         )
         # Trimming by the batch's highest partition clock is safe: reads never reach below
         # clock - retention - longest window, and keep_ms is larger than that span.
-        trim = (partition_max - self._keep_ms) if partition_max is not None else 0
+        trim = (partition_max - self.keep_ms) if partition_max is not None else 0
         events_key = self.keys.events
         event_records: list[str] = []
         by_key: dict[str, list[str]] = {}
@@ -190,15 +224,23 @@ class RedisOnlineStore:
 
         One round trip: the clock, the retention check and every id's aggregates come from one script.
         """
-        fields = self._registry.fields_of(entity)
         specs = [self._registry.feature(name) for name in features]
         args: list[str | int] = [self.keys.generation, entity, len(entity_ids), *entity_ids]
-        args += ["" if as_of_ms is None else as_of_ms, self.retention_ms, len(fields), len(specs)]
+        args += ["" if as_of_ms is None else as_of_ms, self.retention_ms]
+        args += [self._default_layout_json[entity], len(specs)]
         for spec in specs:
-            index = fields.index(spec.field) + 1 if spec.field else 0
-            args += (spec.aggregation.value, spec.window_ms, index)
+            args += (spec.aggregation.value, spec.window_ms, spec.field or "")
         flat = self._read(keys=[LIVE_GENERATION_KEY] if self._follow_live else [], args=args)
         status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], text(flat[3])
+        if status == b"not_held":
+            feature = specs[int(raw_as_of) - 1]
+            held = self.held_layouts(generation).get(entity)
+            reason = (
+                held.missing(feature)
+                if held is not None
+                else f"entity {entity!r} was added after the generation was created"
+            )
+            raise FeatureNotHeldError(feature.name, generation, reason or text(raw_clock))
         clock = int(raw_clock) if raw_clock != b"" else None
         if status == b"no_clock":
             raise NoClockError(
@@ -257,6 +299,15 @@ def live_generation(settings: Settings, client: redis.Redis | None = None) -> st
     )
     raw = client.get(LIVE_GENERATION_KEY)
     return text(raw) if raw is not None else settings.online.generation
+
+
+def _layout_json(layout: EntityLayout) -> str:
+    return json.dumps({"fields": list(layout.fields), "max_window_ms": layout.max_window_ms})
+
+
+def _parse_layout(raw: bytes | str) -> EntityLayout:
+    data = json.loads(raw)
+    return EntityLayout(tuple(data["fields"]), int(data["max_window_ms"]))
 
 
 def text(value: bytes | str) -> str:

@@ -33,13 +33,14 @@ from sinks.offline import HistoryEvent, OfflineStore
 from sinks.online import AppliedEvent, EntityUpdate, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.event_time import Classified, Fate
-from streams.features import REGISTRY, FeatureRegistry
+from streams.features import REGISTRY, EntityLayout, FeatureRegistry, payload
 from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
-# (event id field, event time field, [(entity, key field)]) of one source topic; None: history only
-_TopicLayout = tuple[str, str, list[tuple[str, str]]] | None
+# (event id field, event time field, [(entity, key field, payload fields)]) of one source topic;
+# None: history only
+_TopicLayout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]] | None
 _new_tuple = tuple.__new__
 
 
@@ -93,6 +94,9 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         progress: Callable[[int], None] | None,
     ) -> None:
         self._store: OnlineStore = store
+        # The generation's layout, not the code's: newer definitions never change an older generation.
+        self._held = store.layouts() if settings.online.materialize else {}
+        _warn_about_unheld(settings.online.generation, registry, self._held)
         self._sequence = store.next_apply_seq
         self._offline = offline
         self._generation = settings.online.generation
@@ -165,12 +169,11 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             self._inflight = None
 
     def _applied_event(
-        self, item: Classified, layout: tuple[str, str, list[tuple[str, str]]]
+        self, item: Classified, layout: tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
     ) -> AppliedEvent:
         event = item.event
         assert event is not None
         id_field, time_field, entities = layout
-        payload_of = self._registry.payload_of
         # tuple.__new__ skips NamedTuple's generated __new__: this runs once per record and entity.
         return _new_tuple(
             AppliedEvent,
@@ -178,8 +181,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
                 str(event[id_field]),
                 int(event[time_field]),
                 tuple(
-                    _new_tuple(EntityUpdate, (entity, str(event[key_field]), payload_of(entity, event)))
-                    for entity, key_field in entities
+                    _new_tuple(EntityUpdate, (entity, str(event[key_field]), payload(event, fields)))
+                    for entity, key_field, fields in entities
                 ),
             ),
         )
@@ -197,7 +200,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         layout = (
             id_field,
             time_field,
-            [(e.name, e.key_field) for e in entities],
+            [(e.name, e.key_field, self._held[e.name].fields) for e in entities if e.name in self._held],
         )
         self._layouts[topic] = layout
         return layout
@@ -209,6 +212,25 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         self._committer.close()
         if self._offline is not None:
             self._offline.close()
+
+
+def _warn_about_unheld(generation: str, registry: FeatureRegistry, held: dict[str, EntityLayout]) -> None:
+    """Log the features this code defines that the generation it writes cannot hold (see EntityLayout)."""
+    if not held:
+        return
+    unheld = []
+    for feature in registry.all_features():
+        layout = held.get(feature.entity)
+        reason = layout.missing(feature) if layout else f"entity {feature.entity!r} is not in the generation"
+        if reason:
+            unheld.append(f"{feature.name} ({reason})")
+    if unheld:
+        log.warning(
+            "generation %s keeps the layout it was created with, so it does not hold %s; replay into a new "
+            "generation and promote it to serve them (highwater replay --generation NEW)",
+            generation,
+            "; ".join(unheld),
+        )
 
 
 def _history_event(item: Classified, apply_seq: int, ingested_at_ms: int) -> HistoryEvent:
@@ -241,7 +263,7 @@ class ApplySink(DynamicSink[Classified]):
         self._progress = progress
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ApplyPartition:
-        store = RedisOnlineStore.from_settings(self._settings)
+        store = RedisOnlineStore.from_settings(self._settings, self._registry)
         offline = (
             ClickHouseOfflineStore.from_settings(self._settings) if self._settings.offline.history else None
         )

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 TRANSACTIONS_TOPIC = "transactions"
 
@@ -84,6 +84,38 @@ class Feature:
             raise ValueError(f"feature {self.name}: window must be positive")
 
 
+class EntityLayout(NamedTuple):
+    """What one entity's online events carry in a generation: the fields, and the widest window kept.
+
+    A generation records its layout when it is first written and keeps it, so code that adds a feature
+    cannot misread older generations: a feature is served from a generation only when the layout holds
+    it (see :meth:`missing`); otherwise it needs a replay into a new generation (a backfill).
+
+    Example:
+        >>> layout = REGISTRY.layout("card")
+        >>> layout.fields, layout.max_window_ms
+        (('amount', 'merchant_id'), 604800000)
+        >>> layout.missing(Feature("card_channels_1h", "card", Aggregation.DISTINCT_COUNT,
+        ...                        timedelta(hours=1), "channel"))
+        "its field 'channel' is not among the fields the generation keeps online (amount, merchant_id)"
+    """
+
+    fields: tuple[str, ...]
+    max_window_ms: int
+
+    def missing(self, feature: Feature) -> str | None:
+        """Why the layout cannot serve ``feature``, or None when it can."""
+        if feature.field and feature.field not in self.fields:
+            kept = ", ".join(self.fields) or "none"
+            return f"its field {feature.field!r} is not among the fields the generation keeps online ({kept})"
+        if feature.window_ms > self.max_window_ms:
+            return (
+                f"its window ({feature.window_ms} ms) is wider than the generation keeps online "
+                f"({self.max_window_ms} ms)"
+            )
+        return None
+
+
 class FeatureRegistry:
     """Lookup over entities and features, with the validation callers need."""
 
@@ -132,9 +164,13 @@ class FeatureRegistry:
                 fields.append(feature.field)
         return fields
 
+    def layout(self, entity: str) -> EntityLayout:
+        """The online layout these definitions give ``entity`` (what a new generation records)."""
+        return EntityLayout(tuple(self.fields_of(entity)), self.max_window_ms(entity))
+
     def payload_of(self, entity: str, event: Mapping[str, Any]) -> tuple[str, ...]:
         """The fields the entity's features read from ``event``, as text (floats round-trip exactly)."""
-        return tuple(map(_as_text, map(event.__getitem__, self.fields_of(entity))))
+        return payload(event, self.fields_of(entity))
 
     def max_window_ms(self, entity: str | None = None) -> int:
         """Widest window of one entity's features (or of all features)."""
@@ -144,6 +180,16 @@ class FeatureRegistry:
     def all_features(self) -> list[Feature]:
         """Every feature, in definition order."""
         return list(self._features.values())
+
+
+def payload(event: Mapping[str, Any], fields: Iterable[str]) -> tuple[str, ...]:
+    """``fields`` of ``event`` as the online store keeps them (see :func:`_as_text`).
+
+    Example:
+        >>> payload({"amount": 0.1, "merchant_id": "m-1"}, ("amount", "merchant_id"))
+        ('0.1', 'm-1')
+    """
+    return tuple(map(_as_text, map(event.__getitem__, fields)))
 
 
 def _as_text(value: Any) -> str:

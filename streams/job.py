@@ -36,7 +36,7 @@ from streams.event_time import (
     PartitionClock,
     RawRecord,
 )
-from streams.features import REGISTRY
+from streams.features import REGISTRY, FeatureRegistry
 from streams.kafka_source import KafkaPartitionSource, PartitionRange, read_ranges
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,23 @@ log = logging.getLogger(__name__)
 HISTORY_TIME_FIELDS = {FRAUD_LABELS: "label_time"}
 
 
-def source_topics(settings: Settings) -> list[str]:
+def source_topics(settings: Settings, registry: FeatureRegistry = REGISTRY) -> list[str]:
     """Topics the job reads: the feature topics, plus the labels when history is kept."""
-    topics = sorted({entity.source_topic for entity in REGISTRY.entities()})
+    topics = sorted({entity.source_topic for entity in registry.entities()})
     if settings.offline.history and FRAUD_LABELS not in topics:
         topics.append(FRAUD_LABELS)
     return topics
 
 
-def classifiers(settings: Settings, topics: list[str]) -> dict[str, Classifier]:
+def classifiers(
+    settings: Settings, topics: list[str], registry: FeatureRegistry = REGISTRY
+) -> dict[str, Classifier]:
     """One classifier per topic: feature topics get the settings' lateness, history-only topics none."""
     serde = AvroSerde(settings.schema_registry_url)
     policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
     out = {}
     for topic in topics:
-        entities = REGISTRY.entities_of_topic(topic)
+        entities = registry.entities_of_topic(topic)
         if entities:
             out[topic] = Classifier(serde, policy, entities[0].time_field)
         else:  # no online state to protect: every valid record goes to history
@@ -72,9 +74,10 @@ def build_flow(
     ranges: dict[str, dict[int, PartitionRange]],
     clocks: dict[tuple[str, int], int | None],
     progress: Callable[[int], None] | None = None,
+    registry: FeatureRegistry = REGISTRY,
 ) -> Dataflow:
     """The dataflow reading ``ranges`` of each topic; ``clocks``: the partitions' stored high-water marks."""
-    by_topic = classifiers(settings, list(ranges))
+    by_topic = classifiers(settings, list(ranges), registry)
     partition_clocks = {key: PartitionClock(t) for key, t in clocks.items()}
 
     def classify_batch(batch: list[RawRecord]) -> list[Classified]:
@@ -96,12 +99,15 @@ def build_flow(
     ]
     records = inputs[0] if len(inputs) == 1 else op.merge("records", *inputs)
     values = op.flat_map_batch("classify", records, classify_batch)
-    op.output("apply", values, ApplySink(settings, REGISTRY, progress))
+    op.output("apply", values, ApplySink(settings, registry, progress))
     return flow
 
 
 def plan(
-    settings: Settings, until_end: bool, ends: dict[str, dict[int, int]] | None = None
+    settings: Settings,
+    until_end: bool,
+    ends: dict[str, dict[int, int]] | None = None,
+    registry: FeatureRegistry = REGISTRY,
 ) -> tuple[dict[str, dict[int, PartitionRange]], dict[tuple[str, int], int | None]]:
     """Read ranges and partition clocks of every source topic, from the online store's checkpoints.
 
@@ -114,10 +120,10 @@ def plan(
             offline.migrate(settings.online.generation)
         finally:
             offline.close()
-    store = RedisOnlineStore.from_settings(settings)
+    store = RedisOnlineStore.from_settings(settings, registry)
     ranges: dict[str, dict[int, PartitionRange]] = {}
     clocks: dict[tuple[str, int], int | None] = {}
-    for topic in source_topics(settings):
+    for topic in source_topics(settings, registry):
         checkpoints = store.checkpoints(topic)
         spans = read_ranges(settings, topic, {p: c.next_offset for p, c in checkpoints.items()}, until_end)
         for partition, stop in (ends or {}).get(topic, {}).items():
@@ -136,13 +142,16 @@ def run_job(
     show_progress: bool = True,
     ends: dict[str, dict[int, int]] | None = None,
     label: str = "features",
+    registry: FeatureRegistry = REGISTRY,
 ) -> int:
     """Run the stream job in this process; returns how many records it processed.
 
     With ``until_end`` it stops once every partition's end offset (as of start, or ``ends``) is processed.
+    ``registry``: the feature definitions (a new generation records their layout; an existing one keeps
+    its own).
     """
     settings = settings or get_settings()
-    ranges, clocks = plan(settings, until_end, ends)
+    ranges, clocks = plan(settings, until_end, ends, registry)
     total = (
         sum((r.end - r.start) for spans in ranges.values() for r in spans.values() if r.end is not None)
         if until_end
@@ -156,7 +165,7 @@ def run_job(
             processed += n
             advance(n)
 
-        flow = build_flow(settings, ranges, clocks, on_progress)
+        flow = build_flow(settings, ranges, clocks, on_progress, registry)
         if settings.stream.workers > 1:
             cli_main(flow, workers_per_process=settings.stream.workers, epoch_interval=timedelta(seconds=1))
         else:

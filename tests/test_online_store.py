@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import redis
 
@@ -10,13 +12,14 @@ from sinks.online import (
     AppliedEvent,
     AsOfTooOldError,
     EntityUpdate,
+    FeatureNotHeldError,
     FeatureValue,
     NoClockError,
     PartitionCheckpoint,
     WriteBatch,
 )
 from sinks.redis_online import RedisOnlineStore
-from streams.features import REGISTRY
+from streams.features import ENTITIES, FEATURES, REGISTRY, Aggregation, Entity, Feature, FeatureRegistry
 
 pytestmark = pytest.mark.stack
 
@@ -167,3 +170,21 @@ def test_a_read_defaults_to_the_clock_and_refuses_what_retention_no_longer_cover
     with pytest.raises(AsOfTooOldError) as refused:
         store.read("card", ["c1"], ["card_txn_count_1h"], oldest - 1)
     assert (refused.value.as_of_ms, refused.value.clock_ms) == (oldest - 1, T0)
+
+
+def test_a_generation_refuses_features_its_recorded_layout_cannot_hold(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    writer = _store(stack, "layout")
+    writer.write(WriteBatch([_event("a", "c1", T0, 10.0)]))
+    assert writer.layouts() == {e.name: REGISTRY.layout(e.name) for e in REGISTRY.entities()}
+    wider = Feature("card_txn_count_30d", "card", Aggregation.COUNT, timedelta(days=30))
+    newer = Feature("device_txn_count_1h", "device", Aggregation.COUNT, timedelta(hours=1))
+    code = FeatureRegistry([*ENTITIES, Entity("device", "device_id")], [*FEATURES, wider, newer])
+    reader = RedisOnlineStore.from_settings(stack.for_generation("layout"), code)
+    with pytest.raises(FeatureNotHeldError, match=r"window .* is wider than the generation keeps"):
+        reader.read("card", ["c1"], ["card_txn_count_1h", wider.name], T0)
+    with pytest.raises(FeatureNotHeldError, match="entity 'device' was added after the generation"):
+        reader.read("device", ["d1"], [newer.name], T0)
+    assert reader.read("card", ["c1"], ["card_txn_count_1h"], T0).rows[0]["card_txn_count_1h"].value == 1
+    assert reader.layouts() == writer.layouts(), "a later writer must keep the recorded layout"
