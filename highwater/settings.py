@@ -57,6 +57,14 @@ class StreamSettings(BaseModel):
     partitions: int = Field(4, ge=1, description="Partitions of topics created by the topic admin.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of topics the admin creates.")
     workers: int = Field(1, ge=1, description="Bytewax worker threads in the stream process.")
+    route_side_topics: bool = Field(
+        True,
+        description="Whether late and malformed records are produced to late-events and dead-letter "
+        "(replays turn it off: the live job routed them already; they are counted either way).",
+    )
+    replay_batch_size: int = Field(
+        10_000, ge=1, description="Most records taken from one partition per poll during a replay."
+    )
 
 
 class OnlineSettings(BaseModel):

@@ -1,7 +1,9 @@
 """Replay: rebuild derived state from the log into a new generation while the live one keeps serving.
 
 A replay is the stream job itself (same classification, same sinks, same code) run with a generation of
-its own: its own Redis key namespace, its own ClickHouse tables and its own consumer group, reading
+its own: its own Redis key namespace, its own ClickHouse tables and its own consumer group, with larger
+batches (``stream.replay_batch_size``: there is no freshness to keep) and without producing late and
+malformed records to their topics a second time (they are counted in the generation all the same), reading
 from ``--from`` up to ``--to`` (default: the log end when the replay first started). Start and end are
 resolved to offsets once and recorded in the generation (``hw:{gen}:meta:replay``), so an interrupted
 replay re-run with the same generation resumes from its checkpoints towards the same end and gives the
@@ -177,6 +179,9 @@ def replay(
     target = settings.for_generation(generation)
     target.online.materialize = "online" in targets
     target.offline.history = "history" in targets
+    # No freshness to keep: larger batches; and no second copy of what the live job routed already.
+    target.stream.batch_size = settings.stream.replay_batch_size
+    target.stream.route_side_topics = False
     topics = source_topics(target, registry)
     options = {"from": start, "to": end or "", "targets": ",".join(targets)}
     record = read_hash(client, replay_key(generation))

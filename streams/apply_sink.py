@@ -102,7 +102,7 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         self._generation = settings.online.generation
         self._materialize = settings.online.materialize
         self._registry = registry
-        self._routed = RoutedRecords(settings)
+        self._routed = RoutedRecords(settings) if settings.stream.route_side_topics else None
         self._committer = Consumer(
             settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
         )
@@ -133,7 +133,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
                 if keep_history:
                     history.append(item)
             else:
-                self._routed.route(item)
+                if self._routed is not None:
+                    self._routed.route(item)
                 if item.fate is Fate.LATE:
                     counter = "late"
                     if keep_history:
@@ -141,7 +142,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
                 else:
                     counter = f"malformed:{item.error_type}"
             batch.counters[counter] = batch.counters.get(counter, 0) + 1
-        self._routed.flush()
+        if self._routed is not None:
+            self._routed.flush()
         batch.checkpoints = [
             PartitionCheckpoint(topic, partition, item.raw.offset + 1, item.max_event_time_ms)
             for (topic, partition), item in last.items()
@@ -206,7 +208,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         return layout
 
     def close(self) -> None:
-        self._routed.flush()
+        if self._routed is not None:
+            self._routed.flush()
         self._wait_inflight()
         self._writer.shutdown()
         self._committer.close()

@@ -24,7 +24,7 @@ from highwater.settings import Settings
 from highwater.stack.env import isolated_settings, settings_env
 from replay.generations import drop, list_generations, live_generation, promote
 from replay.replay import ReplayError, _timestamp_at, replay, resolve_positions
-from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
+from schemas.catalog import FRAUD_LABELS, LATE_EVENTS, TRANSACTIONS
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
 from sinks.redis_online import RedisOnlineStore
@@ -32,6 +32,7 @@ from streams.features import REGISTRY
 from streams.job import run_job
 from streams.producer import EventProducer
 from streams.synthetic import SyntheticStream
+from tests.oracle import read_topic
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -95,9 +96,21 @@ def test_a_replay_rebuilds_the_live_state_exactly(live: Settings, replayed: str)
     assert any(row["late"] for row in history["transactions"])
 
 
+def test_a_replay_counts_late_and_malformed_records_without_routing_them_again(live: Settings) -> None:
+    routed_before = len(read_topic(live, LATE_EVENTS))
+    assert routed_before > 0
+
+    replay(live, "r9", show_progress=False)
+
+    assert len(read_topic(live, LATE_EVENTS)) == routed_before
+    live_counters = RedisOnlineStore.from_settings(live).counters()
+    assert RedisOnlineStore.from_settings(live.for_generation("r9")).counters() == live_counters
+    assert live_counters["late"] == routed_before
+
+
 def test_a_replay_killed_half_way_resumes_to_the_same_state(live: Settings, replayed: str) -> None:
     resumable = live.model_copy(deep=True)
-    resumable.stream.batch_size = 150
+    resumable.stream.replay_batch_size = 150
     env = os.environ | settings_env(resumable)
     command = [sys.executable, "-m", "highwater.cli", "replay", "--generation", "r2", "--from", "earliest"]
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
