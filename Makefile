@@ -43,6 +43,8 @@ bench: env  ## Run the benchmarks (minutes); results land in bench/results/
 	$(UV) run python -m bench.ingest
 	$(UV) run python -m bench.serving
 	$(UV) run python -m bench.freshness
+	$(UV) run python -m bench.training_set
+	$(UV) run python -m bench.replay
 
 clean:  ## Remove local state and caches
 	rm -rf .highwater .mypy_cache .ruff_cache .pytest_cache

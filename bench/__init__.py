@@ -1,4 +1,4 @@
-"""Highwater benchmarks: ingest throughput, serving latency and produce-to-visible freshness.
+"""Highwater benchmarks: ingest, serving latency, freshness, training sets, replay (each against a baseline).
 
 Each benchmark starts a local stack of its own (temporary state directory, free ports), measures the
 pipeline and a same-run baseline on the same machine, and writes ``bench/results/<name>.md`` and
