@@ -47,8 +47,9 @@ def replay_command(generation: str, start: str, end: str | None, targets: str) -
 
 
 def generations_list_command() -> None:
-    """Print every generation with its clock, applied count, history rows and replay status."""
-    table = Table("generation", "live", "clock (UTC)", "applied", "history rows", "replay")
+    """Print every generation with its clock, applied count, history rows, replay status and the
+    features it does not hold (defined after it was created: a replay backfills them)."""
+    table = Table("generation", "live", "clock (UTC)", "applied", "history rows", "replay", "not held")
     for info in list_generations(get_settings()):
         clock = (
             datetime.fromtimestamp(info.clock_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -65,6 +66,7 @@ def generations_list_command() -> None:
             f"{info.applied:,}",
             "-" if info.history_rows is None else f"{info.history_rows:,}",
             replayed,
+            ", ".join(info.unheld) or "-",
         )
     _console.print(table)
 

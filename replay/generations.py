@@ -24,7 +24,8 @@ import redis
 from highwater.settings import Settings
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
-from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, live_generation, text
+from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, live_generation, recorded_layouts, text
+from streams.features import REGISTRY, FeatureRegistry
 
 PREVIOUS_LIVE_KEY = "hw:live:previous"
 _META = re.compile(rb"^hw:([a-z0-9_-]+):meta:")
@@ -41,6 +42,8 @@ class GenerationInfo:
     next_offsets: int
     history_rows: int | None
     replay: dict[str, str]
+    unheld: list[str]
+    """Features of the code's definitions the generation's recorded layout cannot hold (backfill them)."""
 
 
 def _redis(settings: Settings) -> redis.Redis:
@@ -57,7 +60,7 @@ def online_generations(client: redis.Redis) -> set[str]:
     return names
 
 
-def list_generations(settings: Settings) -> list[GenerationInfo]:
+def list_generations(settings: Settings, registry: FeatureRegistry = REGISTRY) -> list[GenerationInfo]:
     """Every generation found online (Redis) or offline (ClickHouse), sorted by name."""
     client = _redis(settings)
     live = live_generation(settings, client)
@@ -83,11 +86,23 @@ def list_generations(settings: Settings) -> list[GenerationInfo]:
                     next_offsets=sum(int(text(v).split(":")[0]) for v in checkpoints.values()),
                     history_rows=rows,
                     replay=read_hash(client, replay_key(name)),
+                    unheld=_unheld(client, name, registry),
                 )
             )
         return infos
     finally:
         offline.close()
+
+
+def _unheld(client: redis.Redis, generation: str, registry: FeatureRegistry) -> list[str]:
+    layouts = recorded_layouts(client, generation)
+    if not layouts:  # nothing written yet: its first writer records the code's layout
+        return []
+    return [
+        f.name
+        for f in registry.all_features()
+        if f.entity not in layouts or layouts[f.entity].missing(f) is not None
+    ]
 
 
 def read_hash(client: redis.Redis, key: str) -> dict[str, str]:

@@ -157,8 +157,7 @@ class RedisOnlineStore:
 
     def held_layouts(self, generation: str | None = None) -> dict[str, EntityLayout]:
         """A generation's recorded layouts (default: this store's), without recording any."""
-        key = KeyLayout(generation).layout if generation else self.keys.layout
-        return {text(k): _parse_layout(v) for k, v in self._redis.hgetall(key).items()}
+        return recorded_layouts(self._redis, generation or self.keys.generation)
 
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
@@ -299,6 +298,11 @@ def live_generation(settings: Settings, client: redis.Redis | None = None) -> st
     )
     raw = client.get(LIVE_GENERATION_KEY)
     return text(raw) if raw is not None else settings.online.generation
+
+
+def recorded_layouts(client: redis.Redis, generation: str) -> dict[str, EntityLayout]:
+    """The layouts ``generation`` recorded at its first write (empty before it was written)."""
+    return {text(k): _parse_layout(v) for k, v in client.hgetall(KeyLayout(generation).layout).items()}
 
 
 def _layout_json(layout: EntityLayout) -> str:

@@ -20,7 +20,7 @@ import redis
 from highwater.bootstrap import bootstrapped_stack
 from highwater.settings import Settings
 from highwater.stack.env import isolated_settings
-from replay.generations import live_generation, promote
+from replay.generations import list_generations, live_generation, promote
 from replay.replay import replay
 from replay.verify import verify
 from schemas.catalog import TRANSACTIONS
@@ -145,6 +145,9 @@ def test_a_replay_backfills_the_added_feature_and_promotion_serves_it(
     report = verify(live, "g1", "g2", registry=NEW_CODE, progress=False)
     assert any(f"feature {ADDED.name} not compared: held by g2 only" in note for note in report.notes)
     assert report.totals["online.feature"] == 0, report.differences[:5]
+
+    listed = {info.name: info for info in list_generations(live, NEW_CODE)}
+    assert listed["g1"].unheld == [ADDED.name] and listed["g2"].unheld == []
 
     promote(live, "g2")
     serving = RedisOnlineStore.from_settings(live, NEW_CODE, follow_live=True)
