@@ -89,7 +89,9 @@ def main() -> None:
     examples = [f"{d.kind} at {d.where}: {d.a_value!r} vs {d.b_value!r}" for d in checked.differences[:10]]
     notes = [
         "The replay is the stream job itself with a generation of its own (keys, tables, consumer group), "
-        "so it runs at about the live rate: no replay-specific fast path exists yet.",
+        "larger batches (stream.replay_batch_size) and no second routing of late and malformed records, so "
+        "it does per record what the live job does and runs at about its rate: a replay-specific (bulk, "
+        "columnar) path does not exist yet.",
         *(f"verify difference: {e}" for e in examples),
         "Both runs write history to the local ClickHouse part (chDB behind its HTTP interface) before "
         "each online batch, and share the machine's 2 CPUs with the broker, Redis and that part.",
