@@ -24,7 +24,7 @@ import redis
 from highwater.settings import Settings
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import UnknownGenerationError
-from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, live_generation, recorded_layouts, text
+from sinks.redis_online import LIVE_GENERATION_KEY, KeyLayout, generation_layouts, live_generation, text
 from streams.features import REGISTRY, FeatureRegistry
 
 PREVIOUS_LIVE_KEY = "hw:live:previous"
@@ -86,23 +86,12 @@ def list_generations(settings: Settings, registry: FeatureRegistry = REGISTRY) -
                     next_offsets=sum(int(text(v).split(":")[0]) for v in checkpoints.values()),
                     history_rows=rows,
                     replay=read_hash(client, replay_key(name)),
-                    unheld=_unheld(client, name, registry),
+                    unheld=list(registry.unheld(generation_layouts(client, name, registry))),
                 )
             )
         return infos
     finally:
         offline.close()
-
-
-def _unheld(client: redis.Redis, generation: str, registry: FeatureRegistry) -> list[str]:
-    layouts = recorded_layouts(client, generation)
-    if not layouts:  # nothing written yet: its first writer records the code's layout
-        return []
-    return [
-        f.name
-        for f in registry.all_features()
-        if f.entity not in layouts or layouts[f.entity].missing(f) is not None
-    ]
 
 
 def read_hash(client: redis.Redis, key: str) -> dict[str, str]:

@@ -251,8 +251,9 @@ def _compare_online(
         for entity, ids in by_entity.items()
         for start in range(0, len(ids), READ_CHUNK)
     ]
-    layouts_a, layouts_b = _layouts(store_a, registry), _layouts(store_b, registry)
-    features_of = {e: _comparable_features(report, registry, e, layouts_a, layouts_b) for e in by_entity}
+    layouts_a, layouts_b = store_a.held_layouts(), store_b.held_layouts()
+    unheld = {report.a: registry.unheld(layouts_a), report.b: registry.unheld(layouts_b)}
+    features_of = {e: _comparable_features(report, registry, e, unheld) for e in by_entity}
     fields_of = {
         e: (_fields(layouts_a, e), _fields(layouts_b, e)) if e in known else (None, None) for e in by_entity
     }
@@ -354,11 +355,6 @@ def _compare_events(
                 report.add("online.event", f"{entity}:{entity_id} {event_id}", value_a, value_b)
 
 
-def _layouts(store: RedisOnlineStore, registry: FeatureRegistry) -> dict[str, EntityLayout]:
-    """The generation's recorded layouts; the registry's when it has none recorded (nothing written)."""
-    return store.held_layouts() or {e.name: registry.layout(e.name) for e in registry.entities()}
-
-
 def _fields(layouts: dict[str, EntityLayout], entity: str) -> Sequence[str] | None:
     layout = layouts.get(entity)
     return layout.fields if layout is not None else None
@@ -368,20 +364,17 @@ def _comparable_features(
     report: VerifyReport,
     registry: FeatureRegistry,
     entity: str,
-    layouts_a: dict[str, EntityLayout],
-    layouts_b: dict[str, EntityLayout],
+    unheld: dict[str, dict[str, str]],
 ) -> list[str]:
-    """The entity's features both generations hold; a note for each one only one of them holds."""
+    """The entity's features both generations hold; a note for each one only one of them holds.
+
+    ``unheld``: generation -> the features it cannot serve, with the reason (``FeatureRegistry.unheld``).
+    """
     if entity not in {e.name for e in registry.entities()}:
         return []
     both = []
     for feature in registry.features_of(entity):
-        reasons = {}
-        for generation, layouts in ((report.a, layouts_a), (report.b, layouts_b)):
-            layout = layouts.get(entity)
-            reason = layout.missing(feature) if layout else f"entity {entity!r} is not in the generation"
-            if reason:
-                reasons[generation] = reason
+        reasons = {g: r[feature.name] for g, r in unheld.items() if feature.name in r}
         if not reasons:
             both.append(feature.name)
         else:

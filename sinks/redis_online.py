@@ -156,8 +156,8 @@ class RedisOnlineStore:
         return self._layouts
 
     def held_layouts(self, generation: str | None = None) -> dict[str, EntityLayout]:
-        """A generation's recorded layouts (default: this store's), without recording any."""
-        return recorded_layouts(self._redis, generation or self.keys.generation)
+        """The layouts reads of a generation (default: this store's) resolve to; records nothing."""
+        return generation_layouts(self._redis, generation or self.keys.generation, self._registry)
 
     # --- writing ------------------------------------------------------------------------------------
     def write(self, batch: WriteBatch) -> None:
@@ -233,12 +233,7 @@ class RedisOnlineStore:
         status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], text(flat[3])
         if status == b"not_held":
             feature = specs[int(raw_as_of) - 1]
-            held = self.held_layouts(generation).get(entity)
-            reason = (
-                held.missing(feature)
-                if held is not None
-                else f"entity {entity!r} was added after the generation was created"
-            )
+            reason = self._registry.unheld(self.held_layouts(generation)).get(feature.name)
             raise FeatureNotHeldError(feature.name, generation, reason or text(raw_clock))
         clock = int(raw_clock) if raw_clock != b"" else None
         if status == b"no_clock":
@@ -300,9 +295,13 @@ def live_generation(settings: Settings, client: redis.Redis | None = None) -> st
     return text(raw) if raw is not None else settings.online.generation
 
 
-def recorded_layouts(client: redis.Redis, generation: str) -> dict[str, EntityLayout]:
-    """The layouts ``generation`` recorded at its first write (empty before it was written)."""
-    return {text(k): _parse_layout(v) for k, v in client.hgetall(KeyLayout(generation).layout).items()}
+def generation_layouts(
+    client: redis.Redis, generation: str, registry: FeatureRegistry = REGISTRY
+) -> dict[str, EntityLayout]:
+    """The layouts reads of ``generation`` resolve field positions by (as the read script does): those it
+    recorded at its first write, or before any write ``registry``'s, which that write will record."""
+    recorded = {text(k): _parse_layout(v) for k, v in client.hgetall(KeyLayout(generation).layout).items()}
+    return recorded or {e.name: registry.layout(e.name) for e in registry.entities()}
 
 
 def _layout_json(layout: EntityLayout) -> str:

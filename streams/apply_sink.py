@@ -221,12 +221,7 @@ def _warn_about_unheld(generation: str, registry: FeatureRegistry, held: dict[st
     """Log the features this code defines that the generation it writes cannot hold (see EntityLayout)."""
     if not held:
         return
-    unheld = []
-    for feature in registry.all_features():
-        layout = held.get(feature.entity)
-        reason = layout.missing(feature) if layout else f"entity {feature.entity!r} is not in the generation"
-        if reason:
-            unheld.append(f"{feature.name} ({reason})")
+    unheld = [f"{name} ({reason})" for name, reason in registry.unheld(held).items()]
     if unheld:
         log.warning(
             "generation %s keeps the layout it was created with, so it does not hold %s; replay into a new "

@@ -168,6 +168,25 @@ class FeatureRegistry:
         """The online layout these definitions give ``entity`` (what a new generation records)."""
         return EntityLayout(tuple(self.fields_of(entity)), self.max_window_ms(entity))
 
+    def unheld(self, layouts: Mapping[str, EntityLayout]) -> dict[str, str]:
+        """Each feature a generation with ``layouts`` cannot serve, and why (see :class:`EntityLayout`).
+
+        Example:
+            >>> REGISTRY.unheld({"card": REGISTRY.layout("card")})["merchant_txn_count_1h"]
+            "entity 'merchant' was added after the generation was created"
+        """
+        reasons = {}
+        for feature in self._features.values():
+            layout = layouts.get(feature.entity)
+            reason = (
+                layout.missing(feature)
+                if layout is not None
+                else f"entity {feature.entity!r} was added after the generation was created"
+            )
+            if reason:
+                reasons[feature.name] = reason
+        return reasons
+
     def payload_of(self, entity: str, event: Mapping[str, Any]) -> tuple[str, ...]:
         """The fields the entity's features read from ``event``, as text (floats round-trip exactly)."""
         return payload(event, self.fields_of(entity))
