@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from highwater.bootstrap import bootstrapped_stack
 from highwater.settings import Settings
@@ -33,6 +32,7 @@ from streams.job import run_job
 from streams.producer import EventProducer
 from streams.synthetic import SyntheticStream
 from tests.oracle import Expected, assert_matches, classify_log, expected_features, read_topic
+from tests.state import online_state
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -75,19 +75,6 @@ def _served(store: RedisOnlineStore, ids: list[str], features: list[Feature], as
     return {i: {name: value.value for name, value in row.items()} for i, row in zip(ids, rows, strict=True)}
 
 
-def _state(settings: Settings, generation: str) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.redis_url)
-    prefix = f"hw:{generation}:"
-    state: dict[str, Any] = {
-        key.decode(): client.zrange(key, 0, -1, withscores=True)
-        for key in client.scan_iter(match=f"{prefix}ev:*", count=1000)
-    }
-    for name in ("checkpoints", "counters", "layout"):
-        state[name] = client.hgetall(f"{prefix}meta:{name}")
-    state["clock"] = client.get(f"{prefix}meta:clock")
-    return state
-
-
 def _as_of_times(store: RedisOnlineStore) -> list[int]:
     clock = store.clock_ms()
     assert clock is not None
@@ -128,11 +115,11 @@ def test_the_server_refuses_a_feature_the_live_generation_lacks(live: Settings) 
 def test_a_replay_backfills_the_added_feature_and_promotion_serves_it(
     live: Settings, expected: Expected
 ) -> None:
-    before = _state(live, "g1")
+    before = online_state(live, "g1")
 
     replay(live, "g2", show_progress=False, registry=NEW_CODE)
 
-    assert _state(live, "g1") == before, "the replay touched the live generation"
+    assert online_state(live, "g1") == before, "the replay touched the live generation"
     assert live_generation(live) == "g1"
     replayed = RedisOnlineStore.from_settings(live.for_generation("g2"), NEW_CODE)
     assert replayed.held_layouts()["merchant"] == NEW_CODE.layout("merchant")

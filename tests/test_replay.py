@@ -33,6 +33,7 @@ from streams.job import run_job
 from streams.producer import EventProducer
 from streams.synthetic import SyntheticStream
 from tests.oracle import read_topic
+from tests.state import online_state
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -50,19 +51,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         assert not report.rejected
         run_job(until_end=True, settings=settings, show_progress=False)
         yield settings
-
-
-def _online_state(settings: Settings, generation: str) -> dict[str, Any]:
-    """Every event key's members and scores, plus checkpoints, counters and clock of a generation."""
-    client = redis.Redis.from_url(settings.redis_url)
-    prefix = f"hw:{generation}:"
-    state: dict[str, Any] = {}
-    for key in client.scan_iter(match=f"{prefix}ev:*", count=1000):
-        state[key.decode().removeprefix(prefix)] = client.zrange(key, 0, -1, withscores=True)
-    for name in ("checkpoints", "counters"):
-        state[name] = client.hgetall(f"{prefix}meta:{name}")
-    state["clock"] = client.get(f"{prefix}meta:clock")
-    return state
 
 
 def _history(settings: Settings, generation: str) -> dict[str, list[dict[str, Any]]]:
@@ -89,7 +77,7 @@ def replayed(live: Settings) -> str:
 
 
 def test_a_replay_rebuilds_the_live_state_exactly(live: Settings, replayed: str) -> None:
-    assert _online_state(live, replayed) == _online_state(live, "g1")
+    assert online_state(live, replayed) == online_state(live, "g1")
     history = _history(live, replayed)
     assert history == _history(live, "g1")
     assert len(history["transactions"]) >= COUNT and history["fraud_labels"]
@@ -129,7 +117,7 @@ def test_a_replay_killed_half_way_resumes_to_the_same_state(live: Settings, repl
     report = replay(resumable, "r2", show_progress=False)
 
     assert report.resumed and 0 < report.processed < COUNT
-    assert _online_state(live, "r2") == _online_state(live, replayed)
+    assert online_state(live, "r2") == online_state(live, replayed)
     assert _history(live, "r2") == _history(live, replayed)
     drop(live, "r2")
 
@@ -152,7 +140,7 @@ def test_promotion_switches_readers_atomically(live: Settings, replayed: str) ->
     replay(live, "third", end=spec, targets=("online",), show_progress=False)
     reader = RedisOnlineStore.from_settings(live, follow_live=True)
     ids = sorted(
-        {key.split(":")[-1].rstrip("}") for key in _online_state(live, "g1") if key.startswith("ev:{card")}
+        {key.split(":")[-1].rstrip("}") for key in online_state(live, "g1") if key.startswith("ev:{card")}
     )
     ids = ids[:200]
     names = [f.name for f in REGISTRY.features_of("card")]
