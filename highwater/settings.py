@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
@@ -101,6 +101,38 @@ class OfflineSettings(BaseModel):
     history: bool = Field(True, description="Whether the stream job writes history (events, labels) to it.")
 
 
+class ModelSettings(BaseModel):
+    """The fraud model: its store, learner job and how serving follows it (``HIGHWATER_MODEL__<NAME>``)."""
+
+    store: Literal["redis", "file"] = Field(
+        "redis",
+        description="Where model versions live: 'redis' (the online store's server, shared by every process) "
+        "or 'file' (a directory, e.g. a mounted volume: ``model.directory``).",
+    )
+    directory: Path = Field(Path(".highwater/models"), description="Directory of the 'file' model store.")
+    lineage: str = Field(
+        "main",
+        pattern=GENERATION_PATTERN,
+        description="Lineage the learner job writes its versions to (a replay writes its own).",
+    )
+    consumer_group: str = Field("highwater-scoring", description="Kafka consumer group of the scoring app.")
+    checkpoint_every: int = Field(
+        5_000, ge=1, description="The learner job saves a version after this many records read."
+    )
+    auto_promote: bool = Field(
+        True, description="Whether each version the learner job saves becomes live at once."
+    )
+    refresh_s: float = Field(
+        2.0, gt=0, description="How often the server and the scoring app look for a new live version."
+    )
+    label_hold_ms: int = Field(
+        3_600_000,
+        ge=0,
+        description="Event time a label for a transaction not scored yet is held (and retried) before "
+        "it is dead-lettered.",
+    )
+
+
 class Settings(BaseSettings):
     """Where every part lives and how the stream behaves."""
 
@@ -131,6 +163,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     offline: OfflineSettings = Field(default_factory=OfflineSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("state_dir")
     @classmethod

@@ -7,7 +7,7 @@ cluster and the local broker get the same layout, and tools that read topic conf
 Example:
     >>> from highwater.topics import TOPICS
     >>> [t.name for t in TOPICS]
-    ['transactions', 'fraud-labels', 'late-events', 'dead-letter']
+    ['transactions', 'fraud-labels', 'late-events', 'dead-letter', 'fraud-scores']
     >>> ensure_topics(Settings())  # doctest: +SKIP
 """
 
@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from highwater.settings import Settings
-from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, LATE_EVENTS, TRANSACTIONS
+from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, FRAUD_SCORES, LATE_EVENTS, TRANSACTIONS
 
 _KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 
@@ -41,6 +41,10 @@ TOPICS = [
     TopicSpec(FRAUD_LABELS, "Fraud verdicts, keyed by card_id; arrive days after the transaction."),
     TopicSpec(LATE_EVENTS, "Events beyond allowed lateness, with the reason; kept for history, not applied."),
     TopicSpec(DEAD_LETTER, "Records the pipeline could not use, with the error and the original bytes."),
+    TopicSpec(
+        FRAUD_SCORES,
+        "A fraud score per transaction with the inputs it was scored with, keyed by transaction_id.",
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ TRANSACTIONS = "transactions"
 FRAUD_LABELS = "fraud-labels"
 LATE_EVENTS = "late-events"
 DEAD_LETTER = "dead-letter"
+FRAUD_SCORES = "fraud-scores"
 
 
 @dataclass(frozen=True)
@@ -75,5 +76,6 @@ CATALOG = SchemaCatalog(
         TopicSchema(FRAUD_LABELS, "fraud_label.avsc"),
         TopicSchema(LATE_EVENTS, "late_event.avsc"),
         TopicSchema(DEAD_LETTER, "dead_letter.avsc"),
+        TopicSchema(FRAUD_SCORES, "fraud_score.avsc"),
     ]
 )
