@@ -28,6 +28,10 @@ generations_app = typer.Typer(
     no_args_is_help=True, help="List, promote and drop generations (copies of derived state)."
 )
 app.add_typer(generations_app, name="generations")
+models_app = typer.Typer(
+    no_args_is_help=True, help="List fraud-model versions, promote one, roll back (the model store)."
+)
+app.add_typer(models_app, name="models")
 
 
 @app.command()
@@ -150,6 +154,32 @@ def generations_drop(generation: Annotated[str, typer.Argument(help="Generation 
     from replay.cli import generations_drop_command
 
     generations_drop_command(generation)
+
+
+@models_app.command("list")
+def models_list(
+    lineage: Annotated[str | None, typer.Option(help="Only this lineage's versions.")] = None,
+) -> None:
+    """Show every model version (oldest first) and which one is live."""
+    from sinks.model_store_cli import models_list_command
+
+    models_list_command(lineage)
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="Model version to make live.")]) -> None:
+    """Make a model version live (the previous one is remembered for rollback)."""
+    from sinks.model_store_cli import models_promote_command
+
+    models_promote_command(version)
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Make the previously live model version live again."""
+    from sinks.model_store_cli import models_rollback_command
+
+    models_rollback_command()
 
 
 @app.command()
