@@ -42,6 +42,7 @@ proto: env  ## Regenerate the gRPC stubs from serving/protos/*.proto
 bench: env  ## Run the benchmarks (minutes); results land in bench/results/
 	$(UV) run python -m bench.ingest
 	$(UV) run python -m bench.serving
+	$(UV) run python -m bench.scoring
 	$(UV) run python -m bench.freshness
 	$(UV) run python -m bench.training_set
 	$(UV) run python -m bench.replay

@@ -184,7 +184,7 @@ def models_rollback() -> None:
 
 @app.command()
 def serve() -> None:
-    """Serve FeatureService over gRPC (with reflection and health checking)."""
+    """Serve FeatureService and ScoringService over gRPC (with reflection and health checking)."""
     from serving.server import serve_forever
 
     serve_forever()
@@ -203,6 +203,44 @@ def features_get(
     from serving.cli import features_get_command
 
     features_get_command(entity=entity, entity_ids=entity_ids, features=feature or [], as_of=as_of)
+
+
+@app.command("score")
+def score(
+    card_id: Annotated[
+        str | None, typer.Option(help="Card of the transaction (required without --json).")
+    ] = None,
+    merchant_id: Annotated[str | None, typer.Option(help="Merchant (required without --json).")] = None,
+    amount: Annotated[float | None, typer.Option(help="Amount (required without --json).")] = None,
+    transaction_id: Annotated[str | None, typer.Option(help="Default: a new cli-... id.")] = None,
+    customer_id: Annotated[str, typer.Option(help="Customer of the card.")] = "cli",
+    currency: Annotated[str, typer.Option(help="ISO 4217 code.")] = "EUR",
+    event_time: Annotated[str | None, typer.Option(help="ISO-8601 time or epoch ms; default now.")] = None,
+    channel: Annotated[str | None, typer.Option(help="pos, ecom, atm, ...")] = None,
+    mcc: Annotated[str | None, typer.Option(help="Merchant category code.")] = None,
+    latitude: Annotated[float | None, typer.Option()] = None,
+    longitude: Annotated[float | None, typer.Option()] = None,
+    json_file: Annotated[
+        str | None, typer.Option("--json", help="A JSON transaction (object) or batch (array); - is stdin.")
+    ] = None,
+) -> None:
+    """Score a transaction over gRPC: fraud probability, model version, features and top reasons."""
+    from serving.score_cli import score_command
+
+    score_command(
+        card_id=card_id,
+        merchant_id=merchant_id,
+        amount=amount,
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        currency=currency,
+        event_time=event_time,
+        channel=channel,
+        mcc=mcc,
+        latitude=latitude,
+        longitude=longitude,
+        json_file=json_file,
+    )
 
 
 @app.command("verify")

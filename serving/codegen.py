@@ -1,13 +1,14 @@
-"""Regenerate the Python modules of ``serving/protos/features.proto`` (``make proto``).
+"""Regenerate the Python modules of the protos in ``serving/protos`` (``make proto``).
 
-The generated ``features_pb2.py``, ``features_pb2.pyi`` and ``features_pb2_grpc.py`` are committed so that
-installing Highwater needs no compiler; this module is the one way to rebuild them, and
-``tests/test_codegen.py`` checks that the committed files are exactly what it produces. The proto is
-compiled from the repository root with ``-I .`` so the modules import as ``serving.protos.features_pb2``.
+For each proto (``features.proto``, ``scoring.proto``) the generated ``<name>_pb2.py``, ``<name>_pb2.pyi``
+and ``<name>_pb2_grpc.py`` are committed so that installing Highwater needs no compiler; this module is
+the one way to rebuild them, and ``tests/test_codegen.py`` checks that the committed files are exactly
+what it produces. The protos are compiled from the repository root with ``-I .`` so the modules import as
+``serving.protos.features_pb2`` (and ``scoring.proto`` can import ``serving/protos/features.proto``).
 
 Example:
     $ uv run python -m serving.codegen
-    wrote serving/protos/features_pb2.py, serving/protos/features_pb2.pyi, serving/protos/features_pb2_grpc.py
+    wrote serving/protos/features_pb2.py, ..., serving/protos/scoring_pb2_grpc.py
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ from pathlib import Path
 from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTO = Path("serving/protos/features.proto")
+PROTOS = (Path("serving/protos/features.proto"), Path("serving/protos/scoring.proto"))
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def generated_paths(out_dir: Path = REPO_ROOT) -> list[Path]:
-    """Where the generated modules land under ``out_dir``."""
-    stem = PROTO.with_suffix("")
-    return [out_dir / f"{stem}{suffix}" for suffix in GENERATED_SUFFIXES]
+    """Where the generated modules land under ``out_dir``, proto by proto."""
+    return [out_dir / f"{proto.with_suffix('')}{suffix}" for proto in PROTOS for suffix in GENERATED_SUFFIXES]
 
 
 def generate(out_dir: Path = REPO_ROOT) -> list[Path]:
-    """Compile the proto into ``out_dir`` (the repo root by default) and return the files written.
+    """Compile the protos into ``out_dir`` (the repo root by default) and return the files written.
 
     Example:
         >>> generate(Path("/tmp/gen"))  # doctest: +SKIP
@@ -48,11 +48,11 @@ def generate(out_dir: Path = REPO_ROOT) -> list[Path]:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        str(REPO_ROOT / PROTO),
+        *(str(REPO_ROOT / proto) for proto in PROTOS),
     ]
     code = protoc.main(args)
     if code != 0:
-        raise RuntimeError(f"protoc failed with exit code {code} on {PROTO}")
+        raise RuntimeError(f"protoc failed with exit code {code} on {', '.join(map(str, PROTOS))}")
     return generated_paths(out_dir)
 
 

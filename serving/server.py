@@ -1,11 +1,13 @@
-"""The gRPC server process: ``highwater.v1.FeatureService`` with health checking and reflection.
+"""The gRPC server process: ``highwater.v1.FeatureService`` and ``highwater.v1.ScoringService`` with health
+checking and reflection.
 
 :func:`build_server` wires a synchronous gRPC server (thread pool) around an online store: the feature
-servicer, the standard health service (``grpc.health.v1.Health``, SERVING for ``""`` and for
-``highwater.v1.FeatureService``) and server reflection, so ``grpcurl`` or ``grpc_cli`` can call it
-without the proto. :func:`serve_forever` is ``highwater serve``: it builds the Redis-backed store from the
-settings, serves until SIGTERM or SIGINT, then reports NOT_SERVING to health checkers before draining
-in-flight calls, so a load balancer stops routing to it first.
+servicer, the scoring servicer (a :class:`streams.scorer.Scorer` on the same store and the model store of
+the settings), the standard health service (``grpc.health.v1.Health``, SERVING for ``""`` and for each
+service) and server reflection, so ``grpcurl`` or ``grpc_cli`` can call it without the protos.
+:func:`serve_forever` is ``highwater serve``: it builds the Redis-backed store from the settings, serves
+until SIGTERM or SIGINT, then reports NOT_SERVING to health checkers before draining in-flight calls, so
+a load balancer stops routing to it first.
 
 Example:
     >>> server = build_server(settings.model_copy(update={"grpc_port": 0}), store)  # doctest: +SKIP
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from types import FrameType
 from typing import Any
@@ -29,10 +31,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from highwater.settings import Settings, get_settings
-from serving.protos import features_pb2, features_pb2_grpc
+from serving.protos import features_pb2, features_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+from serving.scoring_service import SERVICE_NAME as SCORING_SERVICE_NAME
+from serving.scoring_service import ScoringServicer
 from serving.service import SERVICE_NAME, FeatureServicer
 from sinks.online import OnlineStore
 from streams.features import REGISTRY, FeatureRegistry
+from streams.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +50,22 @@ class FeatureServer(grpc.Server):
 
     Every ``grpc.Server`` method is delegated to the wrapped server, so callers use it as any gRPC
     server; :attr:`port` is the port actually bound (useful when the settings asked for port 0).
+    ``on_stop`` callbacks (e.g. closing a scorer the server created) run once, when it is stopped.
     """
 
-    def __init__(self, server: grpc.Server, port: int, host: str, health_servicer: health.HealthServicer):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        host: str,
+        health_servicer: health.HealthServicer,
+        on_stop: Sequence[Callable[[], None]] = (),
+    ):
         self._server = server
         self.port = port
         self.host = host
         self.health = health_servicer
+        self._on_stop = list(on_stop)
 
     @property
     def target(self) -> str:
@@ -84,7 +98,13 @@ class FeatureServer(grpc.Server):
     def stop(self, grace: float | None) -> threading.Event:
         """Stop the wrapped server; the event is set once it has stopped."""
         event: threading.Event = self._server.stop(grace)
+        self._run_on_stop()
         return event
+
+    def _run_on_stop(self) -> None:
+        callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops or ``timeout`` passes; True on timeout."""
@@ -94,6 +114,7 @@ class FeatureServer(grpc.Server):
         """Report NOT_SERVING to health checkers, then stop, letting in-flight calls finish within grace."""
         self.health.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
+        self._run_on_stop()
 
 
 def build_server(
@@ -102,8 +123,13 @@ def build_server(
     *,
     max_workers: int = DEFAULT_MAX_WORKERS,
     registry: FeatureRegistry = REGISTRY,
+    scorer: Scorer | None = None,
 ) -> FeatureServer:
     """A not-yet-started server bound to ``settings.grpc_host:settings.grpc_port`` (port 0 picks one).
+
+    ``scorer`` serves ScoringService; by default one on ``store`` and the settings' model store
+    (``model.store``, polled every ``model.refresh_s``), closed when the server stops. A scorer passed in
+    stays the caller's to close.
 
     Raises RuntimeError naming the address when the port cannot be bound. SO_REUSEPORT is off, so a
     port another process already serves on is an error rather than a silent shared listener.
@@ -116,12 +142,13 @@ def build_server(
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", SERVICE_NAME):
+    for service in ("", SERVICE_NAME, SCORING_SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     reflection.enable_server_reflection(
         (
             features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+            scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),
@@ -135,7 +162,20 @@ def build_server(
         raise RuntimeError(f"cannot bind the gRPC server to {address}: {error}") from error
     if port == 0:
         raise RuntimeError(f"cannot bind the gRPC server to {address}")
-    return FeatureServer(server, port, settings.grpc_host, health_servicer)
+    on_stop: list[Callable[[], None]] = []
+    if scorer is None:
+        scorer = _default_scorer(settings, store, registry)
+        on_stop.append(scorer.close)
+    scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(scorer, registry), server)
+    return FeatureServer(server, port, settings.grpc_host, health_servicer, on_stop)
+
+
+def _default_scorer(settings: Settings, store: OnlineStore, registry: FeatureRegistry) -> Scorer:
+    """A scorer on ``store`` following the settings' model store, which it owns (closes)."""
+    from sinks.model_store import model_store_from_settings
+
+    models = model_store_from_settings(settings)
+    return Scorer(store, models, registry=registry, refresh_s=settings.model.refresh_s, owned=(models,))
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -145,7 +185,8 @@ def _bind_address(host: str, port: int) -> str:
 
 
 def serve_forever(settings: Settings | None = None) -> None:
-    """Serve FeatureService on the Redis online store until SIGTERM or SIGINT (``highwater serve``)."""
+    """Serve FeatureService and ScoringService on the Redis online store until SIGTERM or SIGINT
+    (``highwater serve``)."""
     from sinks.redis_online import RedisOnlineStore
 
     settings = settings or get_settings()
@@ -164,8 +205,9 @@ def serve_forever(settings: Settings | None = None) -> None:
     try:
         server.start()
         logger.info(
-            "serving %s on %s (online store %s); health and reflection on",
+            "serving %s and %s on %s (online store %s); health and reflection on",
             SERVICE_NAME,
+            SCORING_SERVICE_NAME,
             server.target,
             settings.redis_url,
             extra={"rpc.system": "grpc", "rpc.service": SERVICE_NAME},

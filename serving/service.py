@@ -51,13 +51,58 @@ class RequestError(Exception):
         self.message = message
 
 
-def _rpc_attributes(method: str, code: grpc.StatusCode) -> dict[str, object]:
+def rpc_attributes(method: str, code: grpc.StatusCode, service: str = SERVICE_NAME) -> dict[str, object]:
+    """OpenTelemetry RPC attributes of a call's log record (``extra=``), shared by Highwater's servicers."""
     return {
         "rpc.system": "grpc",
-        "rpc.service": SERVICE_NAME,
+        "rpc.service": service,
         "rpc.method": method,
         "rpc.grpc.status_code": code.value[0],
     }
+
+
+def refuse(
+    context: grpc.ServicerContext, method: str, error: RequestError, service: str = SERVICE_NAME
+) -> None:
+    """Log a refused call and end it with ``error``'s status code and message (the caller sees no more)."""
+    logger.info("%s refused: %s", method, error.message, extra=rpc_attributes(method, error.code, service))
+    # A non-OK code makes gRPC send the status and drop the (empty) response.
+    context.set_code(error.code)
+    context.set_details(error.message)
+
+
+def too_old_details(field: str, error: AsOfTooOldError) -> str:
+    """The message of a time older than the clock minus the retention, naming ``field``."""
+    as_of_ms, clock_ms, retention_ms = error.as_of_ms, error.clock_ms, error.retention_ms
+    return (
+        f"{field}: {format_ms(as_of_ms)} is older than the event-time clock {format_ms(clock_ms)} "
+        f"minus the online retention {format_duration_ms(retention_ms)} ({retention_ms} ms); "
+        f"the earliest servable {field} is {format_ms(clock_ms - retention_ms)}"
+    )
+
+
+def store_failure(what: str, error: Exception, method: str, service: str = SERVICE_NAME) -> RequestError:
+    """Log a failed online-store call and the refusal it becomes: UNAVAILABLE when the store cannot be
+    reached, INTERNAL otherwise (the message names the error, never a traceback)."""
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError):
+        logger.warning(
+            "online store unavailable while trying to %s: %s",
+            what,
+            error,
+            extra=rpc_attributes(method, grpc.StatusCode.UNAVAILABLE, service),
+        )
+        return RequestError(
+            grpc.StatusCode.UNAVAILABLE, f"online store unavailable: could not {what}: {error}"
+        )
+    logger.error(
+        "online store failed while trying to %s",
+        what,
+        exc_info=error,
+        extra=rpc_attributes(method, grpc.StatusCode.INTERNAL, service),
+    )
+    return RequestError(
+        grpc.StatusCode.INTERNAL, f"online store failed: could not {what}: {type(error).__name__}: {error}"
+    )
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
@@ -78,10 +123,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         try:
             return self.get_online_features(request)
         except RequestError as error:
-            logger.info("%s refused: %s", method, error.message, extra=_rpc_attributes(method, error.code))
-            # A non-OK code makes gRPC send the status and drop the (empty) response.
-            context.set_code(error.code)
-            context.set_details(error.message)
+            refuse(context, method, error)
             return features_pb2.GetOnlineFeaturesResponse()
 
     def get_online_features(
@@ -105,7 +147,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         for entity_id, row in zip(entity_ids, answer.rows, strict=True):
             result = response.results.add(entity_id=entity_id)
             for feature in features:
-                _fill_value(result.values.add(), feature, row[feature.name])
+                fill_value(result.values.add(), feature, row[feature.name])
         return response
 
     # --- validation ---------------------------------------------------------------------------------
@@ -178,13 +220,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 "run the stream job first or pass as_of",
             ) from None
         except AsOfTooOldError as error:
-            as_of_ms, clock_ms, retention_ms = error.as_of_ms, error.clock_ms, error.retention_ms
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"as_of: {format_ms(as_of_ms)} is older than the event-time clock {format_ms(clock_ms)} "
-                f"minus the online retention {format_duration_ms(retention_ms)} ({retention_ms} ms); "
-                f"the earliest servable as_of is {format_ms(clock_ms - retention_ms)}",
-            ) from None
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, too_old_details("as_of", error)) from None
         except FeatureNotHeldError as error:
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -192,30 +228,11 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 f"being served: {error.reason}; backfill it with `highwater replay --generation NEW` "
                 "and `highwater generations promote NEW`",
             ) from None
-        except (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError) as error:
-            logger.warning(
-                "online store unavailable while trying to %s: %s",
-                what,
-                error,
-                extra=_rpc_attributes("GetOnlineFeatures", grpc.StatusCode.UNAVAILABLE),
-            )
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"online store unavailable: could not {what}: {error}",
-            ) from error
         except Exception as error:
-            logger.exception(
-                "online store failed while trying to %s",
-                what,
-                extra=_rpc_attributes("GetOnlineFeatures", grpc.StatusCode.INTERNAL),
-            )
-            raise RequestError(
-                grpc.StatusCode.INTERNAL,
-                f"online store failed: could not {what}: {type(error).__name__}: {error}",
-            ) from error
+            raise store_failure(what, error, "GetOnlineFeatures") from error
 
 
-def _fill_value(target: features_pb2.FeatureValue, feature: Feature, value: FeatureValue) -> None:
+def fill_value(target: features_pb2.FeatureValue, feature: Feature, value: FeatureValue) -> None:
     """Set the oneof by the feature's type (left unset for null) and the latest event time if any."""
     if value.value is not None:
         if feature.aggregation.integral:

@@ -12,12 +12,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from streams.features import EntityLayout
+    from streams.features import EntityLayout, FeatureRegistry
 
 
 class FeatureValue(NamedTuple):
@@ -45,6 +45,67 @@ class AppliedEvent(NamedTuple):
     event_id: str
     event_time_ms: int
     updates: tuple[EntityUpdate, ...]
+
+
+class PendingEvent(NamedTuple):
+    """An event a read counts as applied, unless its id was applied already: e.g. a transaction being scored.
+
+    A read with a pending event answers what it would answer once the event is applied (same windows,
+    same order of equal times), so scoring a transaction before or after the stream job applied it gives
+    the same feature values. Build it with :meth:`from_record`.
+
+    ``entity_ids``: the id the event belongs to per entity (``{"card": "c1", "merchant": "m1"}``);
+    ``fields``: the event's fields as the store keeps them (:func:`streams.features.payload`), by name,
+    so the store can lay them out in the served generation's own layout.
+
+    Example:
+        >>> from streams.features import REGISTRY
+        >>> txn = {"transaction_id": "t9", "card_id": "c1", "merchant_id": "m1", "amount": 2.5,
+        ...        "event_time": 1_700_000_000_000}
+        >>> pending = PendingEvent.from_record(txn, REGISTRY)
+        >>> pending.event_id, pending.entity_ids, pending.fields["amount"]
+        ('t9', {'card': 'c1', 'merchant': 'm1'}, '2.5')
+    """
+
+    event_id: str
+    event_time_ms: int
+    entity_ids: Mapping[str, str]
+    fields: Mapping[str, str]
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], registry: FeatureRegistry, topic: str = "transactions"
+    ) -> PendingEvent:
+        """The pending event of ``record``, an event of ``topic`` (ids, time and key fields as the stream
+        job reads them); KeyError when a field the topic's entities need is missing."""
+        from streams.features import payload
+
+        entities = registry.entities_of_topic(topic)
+        if not entities:
+            raise ValueError(f"no entity is computed from topic {topic!r}")
+        first = entities[0]
+        names = [name for name, value in record.items() if value is not None]
+        return cls(
+            str(record[first.event_id_field]),
+            int(record[first.time_field]),
+            {e.name: str(record[e.key_field]) for e in entities},
+            dict(zip(names, payload(record, names), strict=True)),
+        )
+
+
+class ReadRequest(NamedTuple):
+    """One read of :meth:`OnlineStore.read_many`: the arguments of :meth:`OnlineStore.read`.
+
+    Example:
+        >>> ReadRequest("card", ["c1"], ["card_txn_count_1h"], as_of_ms=1_700_000_000_000).entity
+        'card'
+    """
+
+    entity: str
+    entity_ids: Sequence[str]
+    features: Sequence[str]
+    as_of_ms: int | None = None
+    pending: PendingEvent | None = None
 
 
 class OnlineRead(NamedTuple):
@@ -116,14 +177,30 @@ class OnlineStore(Protocol):
         """Apply events idempotently (by event id) and store checkpoints and counters atomically."""
 
     def read(
-        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int | None = None
+        self,
+        entity: str,
+        entity_ids: Sequence[str],
+        features: Sequence[str],
+        as_of_ms: int | None = None,
+        pending: PendingEvent | None = None,
     ) -> OnlineRead:
         """Per id (in request order), each feature's value as of ``as_of_ms`` (default: the clock).
 
         Reads the clock in the same step, so a caller needs one round trip. Raises
         :class:`NoClockError` when ``as_of_ms`` is None and nothing was applied yet, and
         :class:`AsOfTooOldError` when ``as_of_ms`` is older than the clock minus ``retention_ms``.
+        ``pending``: an event counted as applied for the id it belongs to (see :class:`PendingEvent`),
+        unless its id was applied already.
         """
+
+    def read_many(self, requests: Sequence[ReadRequest]) -> list[OnlineRead | Exception]:
+        """Several reads in one round trip: per request its answer, or the error :meth:`read` would have
+        raised for it alone (:class:`NoClockError`, :class:`AsOfTooOldError`,
+        :class:`FeatureNotHeldError`). A failure to reach the store raises."""
+
+    def served_layouts(self) -> dict[str, EntityLayout]:
+        """The layouts of the generation reads are served from now (records nothing): which features
+        a read can serve (``FeatureRegistry.unheld``)."""
 
     def layouts(self) -> dict[str, EntityLayout]:
         """The layout of each entity the generation holds, fixed by its first writer (recorded then)."""

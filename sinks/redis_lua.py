@@ -86,13 +86,18 @@ READ_FEATURES = r"""
 -- KEYS: the live-generation pointer, or none to read ARGV[1]'s generation as it is
 -- ARGV: generation (used when there is no pointer or it is unset), entity, n_ids, ids...,
 --       as_of_ms ('' = the clock), retention_ms, default layout (JSON, used when the generation has
---       none recorded), n_features, [aggregation, window_ms, field ('' = none)] * n
+--       none recorded), n_features, [aggregation, window_ms, field ('' = none)] * n,
+--       optionally a pending event: event id, event time, the id it belongs to (of this entity),
+--       n_fields, [field name, value] * n (its fields as text, by name)
 -- Returns {status, as_of, clock ('' = none), generation, then per entity id, per feature: value
 --          ('' = null), latest contributing event time ('' = none)}; status 'ok', 'no_clock' or
 --          'too_old'; or {'not_held', feature index (from 1), 'field', 'window' or 'entity', generation}.
 -- Key names are built here from the generation the pointer names at this instant, so one request reads
 -- one generation whole even while another is being promoted; the field positions come from that
 -- generation's recorded layout, so code with more features reads older generations correctly.
+-- A pending event counts for its id as if applied (its member built in the recorded layout, placed
+-- among equal times by member like a sorted set does), unless its id was applied already (meta:seen,
+-- or a member of the key with the same time and id): scoring before or after the apply agrees.
 local gen = ARGV[1]
 if #KEYS > 0 then
   local live = redis.call('GET', KEYS[1])
@@ -145,10 +150,50 @@ end
 local pattern = '^[^\31]*' .. string.rep('\31([^\31]*)', n_fields) .. '$'
 local function num(x) return string.format('%.17g', x) end
 local out = {'ok', string.format('%d', as_of), clock or '', gen}
+local pb = a0 + 5 + 3 * nf  -- where the pending event's arguments start, if any
+local p_id, p_time, p_of, p_member = ARGV[pb], nil, nil, nil
+if p_id and p_id ~= '' then
+  p_time = tonumber(ARGV[pb + 1])
+  local in_window = p_time > as_of - max_w and p_time <= as_of
+  if in_window and not redis.call('ZSCORE', prefix .. ':meta:seen', p_id) then
+    local given = {}
+    for i = 1, tonumber(ARGV[pb + 3]) do given[ARGV[pb + 2 + 2 * i]] = ARGV[pb + 3 + 2 * i] end
+    local parts = {p_id}
+    for fi, name in ipairs(layout.fields) do
+      if not given[name] then return redis.error_reply('pending event lacks field ' .. name) end
+      parts[fi + 1] = given[name]
+    end
+    p_of, p_member = ARGV[pb + 2], table.concat(parts, '\31')
+  end
+end
+-- Whether member a sorts before member b in a sorted set (bytewise, like memcmp; Lua's < may use the
+-- locale's collation).
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local events = prefix .. ':ev:{' .. entity .. ':'
 for k = 1, n_ids do
   local key = events .. ARGV[3 + k] .. '}'
   local rows = redis.call('ZRANGEBYSCORE', key, '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
+  if p_member and ARGV[3 + k] == p_of then
+    -- The rows after the pending event are a suffix: (later time) or (same time, greater member).
+    local at, p_head = #rows / 2 + 1, p_id .. '\31'
+    for j = #rows / 2, 1, -1 do
+      local t = tonumber(rows[2 * j])
+      if t < p_time then break end
+      local m = rows[2 * j - 1]
+      if t == p_time and (m == p_id or string.sub(m, 1, #p_head) == p_head) then at = nil; break end
+      if t > p_time or bytes_before(p_member, m) then at = j end
+    end
+    if at then
+      table.insert(rows, 2 * at - 1, p_member)
+      table.insert(rows, 2 * at, ARGV[pb + 1])
+    end
+  end
   local n = #rows / 2
   local times, columns = {}, {}
   for fi = 1, n_fields do columns[fi] = {} end

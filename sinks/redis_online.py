@@ -61,10 +61,12 @@ from sinks.online import (
     NoClockError,
     OnlineRead,
     PartitionCheckpoint,
+    PendingEvent,
+    ReadRequest,
     WriteBatch,
 )
 from sinks.redis_lua import APPLY_BATCH, READ_FEATURES, RECORD_LAYOUT
-from streams.features import REGISTRY, EntityLayout, FeatureRegistry
+from streams.features import REGISTRY, EntityLayout, Feature, FeatureRegistry
 
 _new_tuple = tuple.__new__
 LIVE_GENERATION_KEY = "hw:live"
@@ -217,19 +219,99 @@ class RedisOnlineStore:
 
     # --- reading ------------------------------------------------------------------------------------
     def read(
-        self, entity: str, entity_ids: Sequence[str], features: Sequence[str], as_of_ms: int | None = None
+        self,
+        entity: str,
+        entity_ids: Sequence[str],
+        features: Sequence[str],
+        as_of_ms: int | None = None,
+        pending: PendingEvent | None = None,
     ) -> OnlineRead:
         """Per id, each feature as of ``as_of_ms`` or the clock (exact semantics, docs/features.md).
 
         One round trip: the clock, the retention check and every id's aggregates come from one script.
+        ``pending`` counts as applied for its id unless its id was applied already (see
+        :class:`~sinks.online.PendingEvent`).
         """
         specs = [self._registry.feature(name) for name in features]
+        flat = self._read(
+            keys=self._read_keys, args=self._read_args(entity, entity_ids, specs, as_of_ms, pending)
+        )
+        return self._answer(flat, specs, len(entity_ids), as_of_ms)
+
+    def read_many(self, requests: Sequence[ReadRequest]) -> list[OnlineRead | Exception]:
+        """Several reads in one pipelined round trip; per request its answer or the error it alone raises.
+
+        Example:
+            >>> store.read_many([ReadRequest("card", ["c1"], ["card_txn_count_1h"], T),   # doctest: +SKIP
+            ...                  ReadRequest("merchant", ["m1"], ["merchant_txn_count_1h"], T)])
+            [OnlineRead(...), OnlineRead(...)]
+        """
+        plans = [
+            (request, [self._registry.feature(name) for name in request.features]) for request in requests
+        ]
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for request, specs in plans:
+                args = self._read_args(
+                    request.entity, request.entity_ids, specs, request.as_of_ms, request.pending
+                )
+                pipe.evalsha(self._read.sha, len(self._read_keys), *self._read_keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._read.sha = self._redis.script_load(READ_FEATURES)  # e.g. after SCRIPT FLUSH
+                continue
+            break
+        answers: list[OnlineRead | Exception] = []
+        for (request, specs), reply in zip(plans, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            try:
+                answers.append(self._answer(reply, specs, len(request.entity_ids), request.as_of_ms))
+            except (NoClockError, AsOfTooOldError, FeatureNotHeldError) as error:
+                answers.append(error)
+        return answers
+
+    def served_layouts(self) -> dict[str, EntityLayout]:
+        """The layouts of the generation reads go to now: the live one when following it; records nothing.
+
+        Example:
+            >>> REGISTRY.unheld(store.served_layouts())   # features reads cannot serve  # doctest: +SKIP
+            {}
+        """
+        generation = self.keys.generation
+        if self._follow_live:
+            live = self._redis.get(LIVE_GENERATION_KEY)
+            generation = text(live) if live is not None else generation
+        return self.held_layouts(generation)
+
+    @property
+    def _read_keys(self) -> list[str]:
+        return [LIVE_GENERATION_KEY] if self._follow_live else []
+
+    def _read_args(
+        self,
+        entity: str,
+        entity_ids: Sequence[str],
+        specs: Sequence[Feature],
+        as_of_ms: int | None,
+        pending: PendingEvent | None,
+    ) -> list[str | int]:
+        """READ_FEATURES' arguments (see the script)."""
         args: list[str | int] = [self.keys.generation, entity, len(entity_ids), *entity_ids]
         args += ["" if as_of_ms is None else as_of_ms, self.retention_ms]
         args += [self._default_layout_json[entity], len(specs)]
         for spec in specs:
             args += (spec.aggregation.value, spec.window_ms, spec.field or "")
-        flat = self._read(keys=[LIVE_GENERATION_KEY] if self._follow_live else [], args=args)
+        if pending is not None and entity in pending.entity_ids:
+            args += (pending.event_id, pending.event_time_ms, pending.entity_ids[entity], len(pending.fields))
+            for item in pending.fields.items():
+                args += item
+        return args
+
+    def _answer(
+        self, flat: list[bytes], specs: Sequence[Feature], n_ids: int, as_of_ms: int | None
+    ) -> OnlineRead:
+        """The script's reply as an :class:`OnlineRead`, or the error its status says."""
         status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], text(flat[3])
         if status == b"not_held":
             feature = specs[int(raw_as_of) - 1]
@@ -247,7 +329,7 @@ class RedisOnlineStore:
         names = [spec.name for spec in specs]
         rows: list[dict[str, FeatureValue]] = []
         i = 4
-        for _ in entity_ids:
+        for _ in range(n_ids):
             row: dict[str, FeatureValue] = {}
             for name, is_int in zip(names, integral, strict=True):
                 raw_value, raw_time = flat[i], flat[i + 1]

@@ -29,9 +29,8 @@ Example:
 from __future__ import annotations
 
 import pickle
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams.learner import FraudLearner, LabelFeatures, Reason
@@ -57,7 +56,6 @@ class FraudModel:
 
     learner: FraudLearner
     label_features: LabelFeatures
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def inputs(self, transaction: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
         """The model's inputs for ``transaction`` given its card and merchant ``features``.
@@ -69,14 +67,14 @@ class FraudModel:
         for name in TRANSACTION_FIELDS:
             inputs[name] = transaction.get(name)
         inputs[GEO_CELL] = geo_cell(transaction.get("latitude"), transaction.get("longitude"))
-        with self._lock:  # LabelFeatures tracks the latest time asked for
-            inputs.update(
-                self.label_features.features(
-                    str(transaction["merchant_id"]),
-                    str(transaction["card_id"]),
-                    as_of=int(transaction["event_time"]),
-                )
+        inputs.update(
+            self.label_features.features(
+                str(transaction["merchant_id"]),
+                str(transaction["card_id"]),
+                as_of=int(transaction["event_time"]),
+                advance=False,  # scoring reads a version; it never changes what the version answers
             )
+        )
         return inputs
 
     def score(self, transaction: Mapping[str, Any], features: Mapping[str, Any], k: int = 3) -> ModelScore:

@@ -558,18 +558,26 @@ class LabelFeatures:
         if card_id is not None:
             self._timeline(self._cards, card_id).add(entry)
 
-    def features(self, merchant_id: str, card_id: str, *, as_of: int) -> dict[str, float | int | None]:
-        """The :data:`LABEL_FEATURES` as of ``as_of`` (ms), from the labels with label_time <= as_of."""
+    def features(
+        self, merchant_id: str, card_id: str, *, as_of: int, advance: bool = True
+    ) -> dict[str, float | int | None]:
+        """The :data:`LABEL_FEATURES` as of ``as_of`` (ms), from the labels with label_time <= as_of.
+
+        ``advance=False`` only reads: the latest time asked for does not move and nothing is forgotten,
+        so a frozen copy (a served model version) answers any time without changing later answers.
+        """
         if as_of < self._high_water - self.horizon_ms:
             raise ValueError(
                 f"as_of {as_of} is more than horizon_ms ({self.horizon_ms}) behind a time already queried "
                 f"({self._high_water}); labels that old may have been forgotten"
             )
-        self._high_water = max(self._high_water, as_of)
         after = as_of - self.window_ms
-        merchant = self._current(self._merchants, merchant_id)
+        if advance:
+            self._high_water = max(self._high_water, as_of)
+            merchant, card = self._current(self._merchants, merchant_id), self._current(self._cards, card_id)
+        else:
+            merchant, card = self._merchants.get(merchant_id), self._cards.get(card_id)
         labelled, fraud = merchant.counts(after, as_of) if merchant else (0, 0)
-        card = self._current(self._cards, card_id)
         card_fraud = card.counts(after, as_of)[1] if card else 0
         return {
             "merchant_labels_30d": labelled,

@@ -156,3 +156,40 @@ def assert_matches(served: dict[str, dict[str, Any]], expected: pd.DataFrame, co
                 mismatches.append(f"{entity_id}.{name}: served {got!r}, expected {float(want)!r}")
     assert not mismatches, f"{context}: {len(mismatches)} of {compared} differ, e.g. {mismatches[:10]}"
     return compared
+
+
+def exact_features(
+    events: pd.DataFrame, key_field: str, key: str, features: list[Feature], as_of_ms: int
+) -> dict[str, Any]:
+    """One id's features as of ``as_of_ms``, bit for bit as the online store computes them.
+
+    ``events``: the applied events (``event_time`` in ms, ``transaction_id``, the fields). Sums fold left
+    to right from 0 in (event_time, transaction_id) order, as docs/features.md says the store does, so
+    they are compared exactly; counts are ints; max, avg and seconds-since-last are None over no events.
+    """
+    mine = events[events[key_field] == key].sort_values(["event_time", "transaction_id"])
+    times = [int(t) for t in mine["event_time"]]
+    out: dict[str, Any] = {}
+    for feature in features:
+        inside = [i for i, t in enumerate(times) if as_of_ms - feature.window_ms < t <= as_of_ms]
+        column = [mine[feature.field].iloc[i] for i in inside] if feature.field else []
+        agg = feature.aggregation
+        if agg is Aggregation.COUNT:
+            out[feature.name] = len(inside)
+        elif agg is Aggregation.DISTINCT_COUNT:
+            out[feature.name] = len(set(column))
+        elif agg is Aggregation.SECONDS_SINCE_LAST:
+            out[feature.name] = (as_of_ms - times[inside[-1]]) / 1000 if inside else None
+        elif agg in (Aggregation.SUM, Aggregation.AVG, Aggregation.MAX):
+            total = 0.0
+            for value in column:
+                total += float(value)
+            if agg is Aggregation.SUM:
+                out[feature.name] = total
+            elif not inside:
+                out[feature.name] = None
+            else:
+                out[feature.name] = total / len(inside) if agg is Aggregation.AVG else max(map(float, column))
+        else:
+            raise AssertionError(f"oracle lacks aggregation {agg}")
+    return out
