@@ -47,6 +47,7 @@ bench: env  ## Run the benchmarks (minutes); results land in bench/results/
 	$(UV) run python -m bench.training_set
 	$(UV) run python -m bench.replay
 	$(UV) run python -m bench.model_quality
+	$(UV) run python -m bench.learner
 
 clean:  ## Remove local state and caches
 	rm -rf .highwater .mypy_cache .ruff_cache .pytest_cache

@@ -182,6 +182,48 @@ def models_rollback() -> None:
     models_rollback_command()
 
 
+@models_app.command("replay")
+def models_replay(
+    lineage: Annotated[str, typer.Option(help="New lineage to rebuild into (lowercase, digits, _ -).")],
+    until: Annotated[
+        str | None,
+        typer.Option(help="A version (e.g. the live one), topic:partition:offset,...; default the log end."),
+    ] = None,
+) -> None:
+    """Rebuild a model from the log into a new lineage (the learner job from the earliest offsets)."""
+    from streams.learner_cli import models_replay_command
+
+    models_replay_command(lineage=lineage, until=until)
+
+
+@models_app.command("verify")
+def models_verify(
+    a: Annotated[str, typer.Argument(metavar="A", help="Model version (e.g. the live one).")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Model version to compare (e.g. its replay).")],
+    probes: Annotated[
+        int, typer.Option(help="Probe transactions: the first records of fraud-scores.")
+    ] = 1_000,
+    limit: Annotated[int, typer.Option(help="Differences to print.")] = 20,
+) -> None:
+    """Compare two model versions' predictions on a fixed probe set; exit 0 if identical, 1 if not."""
+    from streams.learner_cli import models_verify_command
+
+    models_verify_command(a=a, b=b, probes=probes, limit=limit)
+
+
+@app.command()
+def learn(
+    until_end: Annotated[
+        bool, typer.Option(help="Stop at the end of the log instead of tailing it.")
+    ] = False,
+    lineage: Annotated[str | None, typer.Option(help="Lineage to learn; default model.lineage.")] = None,
+) -> None:
+    """Run the learner job: the fraud model learns from fraud-labels; resumes from its latest version."""
+    from streams.learner_cli import learn_command
+
+    learn_command(until_end=until_end, lineage=lineage)
+
+
 @app.command()
 def serve() -> None:
     """Serve FeatureService and ScoringService over gRPC (with reflection and health checking)."""

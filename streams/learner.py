@@ -515,6 +515,16 @@ class LabelFeatures:
         self._cards: dict[str, _Timeline] = {}
         self._high_water = -(2**62)
 
+    def knows(self, transaction_id: str) -> bool:
+        """Whether ``transaction_id`` was observed (and not forgotten after ``retention_ms``)."""
+        return transaction_id in self._merchant_of
+
+    @property
+    def clock_ms(self) -> int | None:
+        """The latest ``as_of`` asked of :meth:`features` (None before any): a query may go back at most
+        ``horizon_ms`` from it."""
+        return None if self._high_water == -(2**62) else self._high_water
+
     @property
     def labels_waiting(self) -> int:
         """Labels whose transaction has not been seen (yet): they count for their card, not a merchant."""
@@ -614,6 +624,21 @@ class Scored:
     inputs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class LabelOutcome:
+    """What :meth:`DelayedLabelTrainer.apply_label` did with a label.
+
+    ``status``: ``learned`` (from the kept inputs; ``probability`` is the score they were given),
+    ``not_scored`` (no transaction with that id was kept yet: nothing learned or counted, the caller
+    may hold the label and call :meth:`DelayedLabelTrainer.learn_held` once the transaction is kept) or
+    ``settled`` (the transaction was kept but its inputs are gone: learned from an earlier label, or as
+    legit by implication; counted in :attr:`TrainerStats.unmatched_labels`).
+    """
+
+    status: Literal["learned", "not_scored", "settled"]
+    probability: float | None = None
+
+
 @dataclass
 class TrainerStats:
     """What a :class:`DelayedLabelTrainer` did."""
@@ -707,8 +732,58 @@ class DelayedLabelTrainer:
         self.stats.scored += 1
         return Scored(transaction_id, probability, inputs)
 
+    def keep(self, transaction: Mapping[str, Any], inputs: Mapping[str, Any], probability: float) -> bool:
+        """Keep inputs a scorer already computed, e.g. a ``fraud-scores`` record's, instead of scoring.
+
+        ``transaction`` needs transaction_id, card_id, merchant_id and event_time; ``inputs`` are used
+        as given (label features included) and ``probability`` is the score they got. Returns False,
+        counting a duplicate and changing nothing else, when the transaction was kept before (still
+        pending, or already learned while :class:`LabelFeatures` remembers it).
+
+        Example:
+            >>> trainer = DelayedLabelTrainer(FraudLearner(), LabelFeatures())
+            >>> txn = {"transaction_id": "t1", "card_id": "c1", "merchant_id": "m1", "event_time": 0}
+            >>> trainer.keep(txn, {"amount": 12.5}, 0.02), trainer.keep(txn, {"amount": 99.0}, 0.9)
+            (True, False)
+            >>> trainer.apply_label({"transaction_id": "t1", "is_fraud": False, "label_time": DAY_MS})
+            LabelOutcome(status='learned', probability=0.02)
+        """
+        transaction_id = str(transaction["transaction_id"])
+        if transaction_id in self._pending or (
+            self.label_features is not None and self.label_features.knows(transaction_id)
+        ):
+            self.stats.duplicates += 1
+            return False
+        event_time = int(transaction["event_time"])
+        self.advance(event_time)
+        if self.label_features is not None:
+            self.label_features.observe_transaction(
+                transaction_id,
+                merchant_id=str(transaction["merchant_id"]),
+                card_id=str(transaction["card_id"]),
+                event_time=event_time,
+            )
+        kept_inputs = dict(inputs)
+        if self.observe_scored:
+            self.learner.observe(kept_inputs)
+        self._pending[transaction_id] = (kept_inputs, event_time, float(probability))
+        if self.legit_after_ms is not None:
+            heapq.heappush(self._due, (event_time + self.legit_after_ms, self._seq, transaction_id))
+            self._seq += 1
+        self.stats.scored += 1
+        return True
+
     def label(self, label: Mapping[str, Any]) -> bool:
         """Learn a label (transaction_id, is_fraud, label_time, card_id); False if it had no kept inputs."""
+        outcome = self.apply_label(label)
+        if outcome.status == "not_scored":
+            self.stats.unmatched_labels += 1
+            self.stats.unmatched_fraud_labels += bool(label["is_fraud"])
+        return outcome.status == "learned"
+
+    def apply_label(self, label: Mapping[str, Any]) -> LabelOutcome:
+        """Record a label for the label features (from its label_time on) and learn it if the
+        transaction's inputs are kept; see :class:`LabelOutcome` for what else can happen."""
         transaction_id = str(label["transaction_id"])
         label_time = int(label["label_time"])
         is_fraud = bool(label["is_fraud"])
@@ -723,12 +798,26 @@ class DelayedLabelTrainer:
             )
         kept = self._pending.pop(transaction_id, None)
         if kept is None:
-            self.stats.unmatched_labels += 1
-            self.stats.unmatched_fraud_labels += is_fraud
-            return False
+            if self.label_features is not None and self.label_features.knows(transaction_id):
+                self.stats.unmatched_labels += 1
+                self.stats.unmatched_fraud_labels += is_fraud
+                return LabelOutcome("settled")
+            return LabelOutcome("not_scored")
         self.learner.learn(kept[0], is_fraud, at_ms=label_time, observed=self.observe_scored)
         self.stats.learned_labels += 1
-        return True
+        return LabelOutcome("learned", kept[2])
+
+    def learn_held(self, transaction_id: str, *, is_fraud: bool, label_time: int) -> LabelOutcome:
+        """Learn a label :meth:`apply_label` answered ``not_scored`` to, now that its transaction is
+        kept (the label is not recorded for the label features again: it was, at its label_time)."""
+        kept = self._pending.pop(transaction_id, None)
+        if kept is None:
+            self.stats.unmatched_labels += 1
+            self.stats.unmatched_fraud_labels += is_fraud
+            return LabelOutcome("settled")
+        self.learner.learn(kept[0], is_fraud, at_ms=label_time, observed=self.observe_scored)
+        self.stats.learned_labels += 1
+        return LabelOutcome("learned", kept[2])
 
     def advance(self, now_ms: int) -> int:
         """Learn as legit every kept transaction whose ``event_time + legit_after_ms`` is before
