@@ -637,6 +637,9 @@ class LabelOutcome:
 
     status: Literal["learned", "not_scored", "settled"]
     probability: float | None = None
+    served_probability: float | None = None
+    """For inputs kept with :meth:`DelayedLabelTrainer.keep`: the probability the scorer logged with them
+    (``probability`` is the learner's own prediction when it kept them: the progressive one)."""
 
 
 @dataclass
@@ -703,7 +706,8 @@ class DelayedLabelTrainer:
         self.legit_after_ms = legit_after_ms
         self.observe_scored = observe_scored
         self.stats = TrainerStats()
-        self._pending: dict[str, tuple[dict[str, Any], int, float]] = {}
+        # transaction_id -> (inputs, event_time, own prediction, the scorer's logged probability)
+        self._pending: dict[str, tuple[dict[str, Any], int, float, float]] = {}
         self._due: list[tuple[int, int, str]] = []
         self._seq = 0
 
@@ -725,53 +729,59 @@ class DelayedLabelTrainer:
                 transaction_id, merchant_id=merchant_id, card_id=card_id, event_time=event_time
             )
         probability = self.learner.predict_proba(inputs, observe=self.observe_scored)
-        self._pending[transaction_id] = (inputs, event_time, probability)
+        self._pending[transaction_id] = (inputs, event_time, probability, probability)
         if self.legit_after_ms is not None:
             heapq.heappush(self._due, (event_time + self.legit_after_ms, self._seq, transaction_id))
             self._seq += 1
         self.stats.scored += 1
         return Scored(transaction_id, probability, inputs)
 
-    def keep(self, transaction: Mapping[str, Any], inputs: Mapping[str, Any], probability: float) -> bool:
+    def keep(
+        self, transaction: Mapping[str, Any], inputs: Mapping[str, Any], probability: float
+    ) -> float | None:
         """Keep inputs a scorer already computed, e.g. a ``fraud-scores`` record's, instead of scoring.
 
         ``transaction`` needs transaction_id, card_id, merchant_id and event_time; ``inputs`` are used
-        as given (label features included) and ``probability`` is the score they got. Returns False,
-        counting a duplicate and changing nothing else, when the transaction was kept before (still
-        pending, or already learned while :class:`LabelFeatures` remembers it).
+        as given (label features included) and ``probability`` is the score the scorer logged with them
+        (whichever model version it had). The learner predicts the inputs itself before keeping them and
+        returns that prediction: made before anything about the transaction is learned, it is the
+        progressive-validation score. Returns None, counting a duplicate and changing nothing else, when
+        the transaction was kept before (still pending, or already learned while :class:`LabelFeatures`
+        remembers it).
 
         Example:
             >>> trainer = DelayedLabelTrainer(FraudLearner(), LabelFeatures())
             >>> txn = {"transaction_id": "t1", "card_id": "c1", "merchant_id": "m1", "event_time": 0}
             >>> trainer.keep(txn, {"amount": 12.5}, 0.02), trainer.keep(txn, {"amount": 99.0}, 0.9)
-            (True, False)
+            (0.5, None)
             >>> trainer.apply_label({"transaction_id": "t1", "is_fraud": False, "label_time": DAY_MS})
-            LabelOutcome(status='learned', probability=0.02)
+            LabelOutcome(status='learned', probability=0.5, served_probability=0.02)
         """
         transaction_id = str(transaction["transaction_id"])
         if transaction_id in self._pending or (
             self.label_features is not None and self.label_features.knows(transaction_id)
         ):
             self.stats.duplicates += 1
-            return False
+            return None
         event_time = int(transaction["event_time"])
         self.advance(event_time)
         if self.label_features is not None:
+            merchant_id, card_id = str(transaction["merchant_id"]), str(transaction["card_id"])
+            # Moves the label features' clock to event_time, so labels no query can count any more are
+            # forgotten (the inputs' own label features are the scorer's, used as given).
+            self.label_features.features(merchant_id, card_id, as_of=event_time)
             self.label_features.observe_transaction(
-                transaction_id,
-                merchant_id=str(transaction["merchant_id"]),
-                card_id=str(transaction["card_id"]),
-                event_time=event_time,
+                transaction_id, merchant_id=merchant_id, card_id=card_id, event_time=event_time
             )
         kept_inputs = dict(inputs)
-        if self.observe_scored:
-            self.learner.observe(kept_inputs)
-        self._pending[transaction_id] = (kept_inputs, event_time, float(probability))
+        # Progressive validation: the learner predicts the transaction before anything about it is learned.
+        own = self.learner.predict_proba(kept_inputs, observe=self.observe_scored)
+        self._pending[transaction_id] = (kept_inputs, event_time, own, float(probability))
         if self.legit_after_ms is not None:
             heapq.heappush(self._due, (event_time + self.legit_after_ms, self._seq, transaction_id))
             self._seq += 1
         self.stats.scored += 1
-        return True
+        return own
 
     def label(self, label: Mapping[str, Any]) -> bool:
         """Learn a label (transaction_id, is_fraud, label_time, card_id); False if it had no kept inputs."""
@@ -805,7 +815,7 @@ class DelayedLabelTrainer:
             return LabelOutcome("not_scored")
         self.learner.learn(kept[0], is_fraud, at_ms=label_time, observed=self.observe_scored)
         self.stats.learned_labels += 1
-        return LabelOutcome("learned", kept[2])
+        return LabelOutcome("learned", kept[2], kept[3])
 
     def learn_held(self, transaction_id: str, *, is_fraud: bool, label_time: int) -> LabelOutcome:
         """Learn a label :meth:`apply_label` answered ``not_scored`` to, now that its transaction is
@@ -817,7 +827,7 @@ class DelayedLabelTrainer:
             return LabelOutcome("settled")
         self.learner.learn(kept[0], is_fraud, at_ms=label_time, observed=self.observe_scored)
         self.stats.learned_labels += 1
-        return LabelOutcome("learned", kept[2])
+        return LabelOutcome("learned", kept[2], kept[3])
 
     def advance(self, now_ms: int) -> int:
         """Learn as legit every kept transaction whose ``event_time + legit_after_ms`` is before

@@ -17,11 +17,15 @@ and its determinism proven on plain lists. For each decoded record of ``fraud-sc
 
    * a score: its logged inputs and probability are kept by transaction_id
      (:meth:`streams.learner.DelayedLabelTrainer.keep`: the features as of its event_time, as the
-     scorer saw them; the transaction is observed for the label features); a transaction kept before
-     is a duplicate: ignored and counted. Labels held for it are learned now;
+     scorer saw them; the transaction is observed for the label features), and the learner predicts
+     them itself (the progressive prediction: nothing about the transaction is learned yet;
+     ``on_prediction`` sees it); a transaction kept before is a duplicate: ignored and counted. Labels
+     held for it are learned now;
    * a label: recorded for the label features from its label_time on, then learned from the kept
-     inputs, and the pair (logged probability, label) goes into the progressive metrics
-     (:class:`streams.learning_metrics.ProgressiveMetrics`). A label whose transaction has not been
+     inputs; the pair (progressive prediction, label) goes into the progressive metrics (``auc``,
+     ``ap``, ...: :class:`streams.learning_metrics.ProgressiveMetrics`) and the pair (logged
+     probability, label) into ``served_auc``/``served_ap``: what the model versions that scored live
+     achieved. A label whose transaction has not been
      kept is **held**; if no score for it is released by ``label_time + label_hold_ms`` (that is, once
      a record later than that is released: the merge guarantees no score that early can still come),
      it is dead-lettered ("no score for transaction t123 within 1h of its label") and counted.
@@ -62,6 +66,7 @@ import heapq
 import math
 import pickle
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from sys import intern
 from typing import Any, NamedTuple
@@ -69,7 +74,7 @@ from typing import Any, NamedTuple
 from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, FRAUD_SCORES
 from streams.event_time_merge import EventTimeMerge
 from streams.fraud_model import FraudModel, initial_model
-from streams.learner import DEFAULT_LEGIT_AFTER_MS, DelayedLabelTrainer
+from streams.learner import DEFAULT_LEGIT_AFTER_MS, DelayedLabelTrainer, LabelOutcome
 from streams.learning_metrics import ProgressiveMetrics
 
 LABEL, SCORE = 0, 1
@@ -208,6 +213,10 @@ class LearnerCore:
         )
         self.counters = LearnerCounters()
         self.progressive = ProgressiveMetrics(options.metrics_window)
+        self.served = ProgressiveMetrics(options.metrics_window)
+        self.on_prediction: Callable[[str, int, float], None] | None = None
+        """Called with (transaction_id, event_time, progressive prediction) for each score kept (not
+        saved with the state)."""
         self._merge: EventTimeMerge[_Item] = EventTimeMerge(self.sources, options.max_out_of_orderness_ms)
         self._held: dict[str, list[_Held]] = {}
         self._deadlines: list[tuple[int, int, str, int, str]] = []
@@ -297,10 +306,13 @@ class LearnerCore:
     def _score(self, item: _Item) -> None:
         event = item.event
         transaction_id = str(event["transaction_id"])
-        if not self.trainer.keep(event, event["inputs"], float(event["fraud_probability"])):
+        own = self.trainer.keep(event, event["inputs"], float(event["fraud_probability"]))
+        if own is None:
             self.counters.duplicate_scores += 1
             return
         self.counters.scores_kept += 1
+        if self.on_prediction is not None:
+            self.on_prediction(transaction_id, int(event["event_time"]), own)
         for held in self._held.pop(transaction_id, []):
             label = held.item.event
             is_fraud = bool(label["is_fraud"])
@@ -308,9 +320,8 @@ class LearnerCore:
                 transaction_id, is_fraud=is_fraud, label_time=int(label["label_time"])
             )
             if outcome.status == "learned":
-                assert outcome.probability is not None
                 self.counters.held_labels_learned += 1
-                self._learned(outcome.probability, is_fraud)
+                self._learned(outcome, is_fraud)
             else:
                 self._settled(is_fraud)
 
@@ -320,8 +331,7 @@ class LearnerCore:
         self.counters.labels += 1
         outcome = self.trainer.apply_label(label)
         if outcome.status == "learned":
-            assert outcome.probability is not None
-            self._learned(outcome.probability, is_fraud)
+            self._learned(outcome, is_fraud)
         elif outcome.status == "settled":
             self._settled(is_fraud)
         else:
@@ -333,9 +343,11 @@ class LearnerCore:
             )
             self.counters.labels_held += 1
 
-    def _learned(self, probability: float, is_fraud: bool) -> None:
+    def _learned(self, outcome: LabelOutcome, is_fraud: bool) -> None:
+        assert outcome.probability is not None and outcome.served_probability is not None
         self.counters.labels_learned += 1
-        self.progressive.add(probability, is_fraud)
+        self.progressive.add(outcome.probability, is_fraud)
+        self.served.add(outcome.served_probability, is_fraud)
 
     def _settled(self, is_fraud: bool) -> None:
         self.counters.labels_settled += 1
@@ -405,6 +417,10 @@ class LearnerCore:
         for name in ("auc", "ap", "recent_labels", "recent_auc", "recent_ap"):
             if name in progressive:
                 out[name] = float(progressive[name])
+        served = self.served.summary()
+        for name in ("auc", "ap"):
+            if name in served:
+                out[f"served_{name}"] = float(served[name])
         drifts = self.model.learner.drift_events
         out["drift_events"] = float(len(drifts))
         out["drift_events_rising"] = float(sum(d.rising for d in drifts))
@@ -414,6 +430,11 @@ class LearnerCore:
         return out
 
     # --- persistence ---------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["on_prediction"] = None
+        return state
+
     def to_bytes(self) -> bytes:
         """The whole core (model, kept inputs, held labels, merge buffer and watermarks, counters,
         metrics) as bytes: the learner job's checkpoint state. Pickle: load only what Highwater wrote."""

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -240,6 +240,7 @@ def run_learner(
     options: LearnerOptions | None = None,
     stop: threading.Event | None = None,
     show_progress: bool = False,
+    on_prediction: Callable[[str, int, float], None] | None = None,
 ) -> LearnReport:
     """Run the learner job for ``lineage`` (default ``model.lineage``), resuming from its latest version.
 
@@ -252,7 +253,8 @@ def run_learner(
     keeps the options of its state. ``promote``: whether versions may be promoted at all (also needs
     ``model.auto_promote`` and the lineage to be the live one). Raises :class:`LearnerJobError` when
     the lineage cannot go where asked (its latest version is past ``until``; the topics' partitions
-    changed).
+    changed). ``on_prediction(transaction_id, event_time, probability)`` sees each transaction's
+    progressive prediction as it is kept (e.g. for a quality report over the whole run).
 
     Example:
         >>> stop = threading.Event()            # set it (e.g. on SIGTERM) to checkpoint and return
@@ -276,6 +278,7 @@ def run_learner(
             options=options,
             stop=stop,
             show_progress=show_progress,
+            on_prediction=on_prediction,
         )
     finally:
         if owned:
@@ -295,6 +298,7 @@ def _run(
     options: LearnerOptions | None,
     stop: threading.Event | None,
     show_progress: bool,
+    on_prediction: Callable[[str, int, float], None] | None = None,
 ) -> LearnReport:
     started = time.perf_counter()
     latest = store.latest(lineage)
@@ -322,6 +326,7 @@ def _run(
     else:
         core = LearnerCore(sources, core_options)
         start = {(t, p): logs[t][p][0] for t, p in sources}
+    core.on_prediction = on_prediction
     ends: dict[Source, int] | None = None
     if until_end or until is not None:
         ends = {(t, p): (until or {}).get(t, {}).get(p, logs[t][p][1]) for t, p in sources}
