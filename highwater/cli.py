@@ -113,6 +113,21 @@ def run(
     run_job(until_end=until_end, settings=settings)
 
 
+@app.command("score-stream")
+def score_stream(
+    until_end: Annotated[
+        bool, typer.Option(help="Stop at the end of the log instead of tailing it.")
+    ] = False,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Most a record waits for the feature job to apply its card's earlier ones.")
+    ] = 2_000,
+) -> None:
+    """Score every transaction into fraud-scores (Quix Streams app, at least once, keyed by id)."""
+    from streams.scoring_app import score_stream_command
+
+    score_stream_command(until_end=until_end, max_wait_ms=max_wait_ms)
+
+
 @app.command("replay")
 def replay_(
     generation: Annotated[str, typer.Option(help="New generation to rebuild (lowercase, digits, _ -).")],
