@@ -55,9 +55,8 @@ def new_client(url: str) -> SchemaRegistryClient:
 
 @pytest.fixture
 def client(stack: Settings) -> Iterator[SchemaRegistryClient]:
-    registry = new_client(stack.schema_registry_url)
-    yield registry
-    registry.close()
+    with new_client(stack.schema_registry_url) as registry:  # closes its HTTP session
+        yield registry
 
 
 @pytest.fixture
