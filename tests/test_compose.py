@@ -462,9 +462,9 @@ def test_compose_file_passes(compose: Compose, check: str) -> None:
 
 def test_expected_services_present(compose: Compose) -> None:
     expected = {"redpanda", "console", "redis", "clickhouse", "weaviate"}
-    expected |= {"highwater-init", "highwater-stream", "highwater-serve"}
-    assert expected <= set(services(compose))
-    assert set(highwater_services(compose)) == {"highwater-init", "highwater-stream", "highwater-serve"}
+    ours = {"highwater-init", "highwater-stream", "highwater-score", "highwater-learn", "highwater-serve"}
+    assert expected | ours <= set(services(compose))
+    assert set(highwater_services(compose)) == ours
 
 
 def test_highwater_services_share_one_environment(compose: Compose) -> None:
@@ -486,10 +486,10 @@ def test_settings_values(compose: Compose) -> None:
 def test_startup_order(compose: Compose) -> None:
     svc = services(compose)
     assert svc["highwater-init"]["depends_on"]["redpanda"]["condition"] == "service_healthy"
-    for name in ("highwater-stream", "highwater-serve"):
+    for name in ("highwater-stream", "highwater-score", "highwater-learn", "highwater-serve"):
         assert svc[name]["depends_on"]["highwater-init"]["condition"] == "service_completed_successfully"
         assert svc[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert svc["highwater-stream"]["restart"] == "unless-stopped"
+        assert svc[name]["restart"] == "unless-stopped"
 
 
 def test_redis_is_durable(compose: Compose) -> None:
