@@ -125,6 +125,13 @@ class ModelSettings(BaseModel):
     refresh_s: float = Field(
         2.0, gt=0, description="How often the server and the scoring app look for a new live version."
     )
+    max_out_of_orderness_ms: int = Field(
+        300_000,
+        ge=0,
+        description="The learner's merge waits until every input partition is this far past a time "
+        "before learning from it: it must cover how unevenly the scoring app reads the transactions "
+        "partitions (a backlog is read in small fetches per partition to keep that short).",
+    )
     label_hold_ms: int = Field(
         3_600_000,
         ge=0,

@@ -119,7 +119,7 @@ def options_from_settings(settings: Settings) -> LearnerOptions:
         3600000
     """
     return LearnerOptions(
-        max_out_of_orderness_ms=settings.stream.max_out_of_orderness_ms,
+        max_out_of_orderness_ms=settings.model.max_out_of_orderness_ms,
         label_hold_ms=settings.model.label_hold_ms,
     )
 
