@@ -5,7 +5,9 @@
       -> wait (bounded) until the feature job has applied the card's earlier transactions
       -> Scorer.score (live model, card and merchant features as of event_time, the transaction included)
       -> fraud-scores (FraudScore, Quix AvroSerializer through the registry, subject fraud-scores-value),
-         keyed by transaction_id
+         keyed by transaction_id, into the partition the transaction was read from
+         (:class:`CoPartitionedScores`, a Quix sink: each scores partition follows one transactions
+         partition in log order, so the learner's event-time merge sees them in order)
 
 **Delivery.** At least once: Quix stores a record's offset after its score was handed to the producer
 and commits offsets only after the producer flushed (``processing_guarantee="at-least-once"``), so a
@@ -52,10 +54,10 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from quixstreams import Application, message_context
 from quixstreams.error_callbacks import default_on_consumer_error
-from quixstreams.models import RawConfluentKafkaMessageProto
+from quixstreams.models import RawConfluentKafkaMessageProto, Topic
 from quixstreams.models.serializers import SerializationContext
 from quixstreams.models.serializers.avro import AvroDeserializer, AvroSerializer
 from quixstreams.models.serializers.exceptions import SerializationError
@@ -63,6 +65,7 @@ from quixstreams.models.serializers.schema_registry import (
     SchemaRegistryClientConfig,
     SchemaRegistrySerializationConfig,
 )
+from quixstreams.sinks import BaseSink
 
 from highwater.progress import progress_bar
 from highwater.settings import Settings, get_settings
@@ -555,8 +558,66 @@ def build_app(
         return pipeline.score_record(value, context.partition, context.offset)
 
     sdf = app.dataframe(transactions).apply(score).filter(lambda value: value is not None)
-    sdf.to_topic(scores, key=lambda value: value["transaction_id"])
+    sdf.sink(CoPartitionedScores(settings, scores))
     return app, pipeline
+
+
+class CoPartitionedScores(BaseSink):
+    """The Quix sink that produces each score to the ``fraud-scores`` partition its transaction was read
+    from, keyed by ``transaction_id``, serialized by the topic's Quix ``AvroSerializer``.
+
+    Why not ``to_topic``: the partitioner would place a score by its key, so every scores partition
+    would be fed by every transactions partition, and how unevenly the app reads a backlog would put
+    scores days apart in event time within a partition (the learner's merge would take them as late).
+    Co-partitioned, each scores partition is one transactions partition's scores in log order (both
+    topics have ``stream.partitions`` partitions, from the topic admin). Quix calls :meth:`flush` before
+    it commits the input offsets: at least once.
+
+    Example:
+        >>> sdf.sink(CoPartitionedScores(settings, app.topic(FRAUD_SCORES, ...)))  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: Settings, topic: Topic) -> None:
+        super().__init__()
+        self._settings = settings
+        self._topic = topic
+        self._producer: Producer | None = None
+        self._failed: list[str] = []
+
+    def setup(self) -> None:
+        self._producer = Producer(
+            self._settings.kafka_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        )
+
+    def add(
+        self,
+        value: Any,
+        key: Any,
+        timestamp: int,
+        headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        assert self._producer is not None, "the sink is used before Quix started it"
+        message = self._topic.serialize(key=value["transaction_id"], value=value, timestamp_ms=timestamp)
+        self._producer.produce(
+            self._topic.name, message.value, message.key, partition=partition, on_delivery=self._delivered
+        )
+        self._producer.poll(0)
+
+    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._failed.append(str(error))
+
+    def flush(self) -> None:
+        """Wait for every score to be acknowledged; raising aborts Quix's checkpoint (nothing committed)."""
+        if self._producer is None:
+            return
+        remaining = self._producer.flush(30.0)
+        failed, self._failed = self._failed, []
+        if remaining or failed:
+            raise RuntimeError(f"{remaining} scores not acknowledged, {len(failed)} failed: {failed[:3]}")
 
 
 # --- running it ----------------------------------------------------------------------------------------

@@ -339,9 +339,11 @@ def rerun(log: Log, main: Run) -> Run:
 def _decoded(settings: Settings, run: Run) -> list[dict[str, Any]]:
     serde = AvroSerde(settings.schema_registry_url)
     out = []
-    for key, value in zip(run.scores["key"], run.scores["value"], strict=True):
+    for key, value, partition in zip(
+        run.scores["key"], run.scores["value"], run.scores["partition"], strict=True
+    ):
         out.append(
-            {"_key": key.decode(), "_schema_id": struct.unpack(">bI", value[:5])[1]}
+            {"_key": key.decode(), "_schema_id": struct.unpack(">bI", value[:5])[1], "_partition": partition}
             | serde.decode(FRAUD_SCORES, value)
         )
     return out
@@ -387,6 +389,9 @@ def test_one_score_per_valid_transaction_keyed_by_its_id_equal_to_the_scorer(log
     scores = _decoded(log.settings, main)
     assert len(scores) == len(log.valid)  # the re-delivered transaction is scored twice, same key
     assert all(s["_key"] == s["transaction_id"] for s in scores)
+    # Co-partitioned: a score sits in the partition its transaction was read from.
+    read_from = Counter(zip(log.valid["transaction_id"], log.valid["partition"], strict=True))
+    assert Counter((s["transaction_id"], s["_partition"]) for s in scores) == read_from
     by_id = {s["transaction_id"]: s for s in scores}
     assert set(by_id) == set(log.valid["transaction_id"])
     registry = SchemaRegistryClient({"url": log.settings.schema_registry_url})
@@ -411,8 +416,8 @@ def test_one_score_per_valid_transaction_keyed_by_its_id_equal_to_the_scorer(log
     duplicate = [s for s in scores if s["transaction_id"] == redelivered]
     assert len(duplicate) == 2
     assert len({s["fraud_probability"] for s in scores}) > COUNT // 10, "the model must tell inputs apart"
-    assert {k: v for k, v in duplicate[0].items() if k != "score_time"} == {
-        k: v for k, v in duplicate[1].items() if k != "score_time"
+    assert {k: v for k, v in duplicate[0].items() if k not in ("score_time", "_partition")} == {
+        k: v for k, v in duplicate[1].items() if k not in ("score_time", "_partition")
     }
 
 
