@@ -16,15 +16,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Self, TypeVar
 
 import grpc
 
 from serving.protos import features_pb2, features_pb2_grpc
 from serving.timeconv import ms_to_datetime, ms_to_timestamp, timestamp_to_ms, to_ms
+
+T = TypeVar("T")
 
 FeatureScalar = int | float | None
 
@@ -87,21 +90,23 @@ class OnlineFeatures:
         raise KeyError(entity_id)
 
 
-class FeatureClient:
-    """A reusable connection to a FeatureService at ``target`` (``host:port``).
+class GrpcClient:
+    """A reusable insecure channel to ``target`` (``host:port``) and how its calls are made.
 
     ``timeout_s`` bounds each call; ``wait_for_ready`` makes a call wait (within that timeout) for a
-    server that is still starting instead of failing at once with UNAVAILABLE.
+    server that is still starting instead of failing at once with UNAVAILABLE. Subclasses make the
+    service's stub from :attr:`channel` and call it through :meth:`_call`.
     """
+
+    error_class: type[FeatureServiceError] = FeatureServiceError
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, wait_for_ready: bool = False) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.wait_for_ready = wait_for_ready
-        self._channel = grpc.insecure_channel(target)
-        self._stub = features_pb2_grpc.FeatureServiceStub(self._channel)
+        self.channel = grpc.insecure_channel(target)
 
-    def __enter__(self) -> FeatureClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -114,7 +119,22 @@ class FeatureClient:
 
     def close(self) -> None:
         """Close the channel; the client cannot be used afterwards."""
-        self._channel.close()
+        self.channel.close()
+
+    def _call(self, method: Callable[..., T], request: object) -> T:
+        """``method(request)`` with the client's timeout; a gRPC error becomes :attr:`error_class`."""
+        try:
+            return method(request, timeout=self.timeout_s, wait_for_ready=self.wait_for_ready)
+        except grpc.RpcError as error:
+            raise self.error_class(error.code(), error.details() or "") from None
+
+
+class FeatureClient(GrpcClient):
+    """A reusable connection to a FeatureService at ``target`` (``host:port``); see :class:`GrpcClient`."""
+
+    def __init__(self, target: str, *, timeout_s: float = 10.0, wait_for_ready: bool = False) -> None:
+        super().__init__(target, timeout_s=timeout_s, wait_for_ready=wait_for_ready)
+        self._stub = features_pb2_grpc.FeatureServiceStub(self.channel)
 
     def get_online_features(
         self,
@@ -134,13 +154,22 @@ class FeatureClient:
         )
         if as_of is not None:
             request.as_of.CopyFrom(ms_to_timestamp(to_ms(as_of)))
-        try:
-            response = self._stub.GetOnlineFeatures(
-                request, timeout=self.timeout_s, wait_for_ready=self.wait_for_ready
-            )
-        except grpc.RpcError as error:
-            raise FeatureServiceError(error.code(), error.details() or "") from None
-        return _from_response(entity, response)
+        return _from_response(entity, self._call(self._stub.GetOnlineFeatures, request))
+
+
+def feature_value(value: features_pb2.FeatureValue) -> tuple[FeatureScalar, int | None]:
+    """A ``FeatureValue`` message as (value: int, float or None for null; latest event time in ms or None).
+
+    Example:
+        >>> feature_value(features_pb2.FeatureValue(int64_value=3))
+        (3, None)
+    """
+    kind = value.WhichOneof("value")
+    scalar = (
+        value.int64_value if kind == "int64_value" else value.double_value if kind == "double_value" else None
+    )
+    latest = timestamp_to_ms(value.latest_event_time) if value.HasField("latest_event_time") else None
+    return scalar, latest
 
 
 def _from_response(entity: str, response: features_pb2.GetOnlineFeaturesResponse) -> OnlineFeatures:
@@ -150,17 +179,7 @@ def _from_response(entity: str, response: features_pb2.GetOnlineFeaturesResponse
         values: dict[str, FeatureScalar] = {}
         times: dict[str, int | None] = {}
         for name, value in zip(names, result.values, strict=True):
-            kind = value.WhichOneof("value")
-            values[name] = (
-                value.int64_value
-                if kind == "int64_value"
-                else value.double_value
-                if kind == "double_value"
-                else None
-            )
-            times[name] = (
-                timestamp_to_ms(value.latest_event_time) if value.HasField("latest_event_time") else None
-            )
+            values[name], times[name] = feature_value(value)
         rows.append(EntityFeatureValues(result.entity_id, values, times))
     clock = timestamp_to_ms(response.event_time_clock) if response.HasField("event_time_clock") else None
     return OnlineFeatures(entity, timestamp_to_ms(response.as_of), clock, names, tuple(rows))

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-import grpc
-
-from serving.client import FeatureScalar, FeatureServiceError
-from serving.protos import features_pb2, scoring_pb2, scoring_pb2_grpc
-from serving.timeconv import ms_to_timestamp, timestamp_to_ms, to_ms
+from serving.client import FeatureScalar, FeatureServiceError, GrpcClient, feature_value
+from serving.protos import scoring_pb2, scoring_pb2_grpc
+from serving.timeconv import ms_to_timestamp, to_ms
 
 _REQUIRED = ("transaction_id", "card_id", "customer_id", "merchant_id", "amount", "currency")
 _OPTIONAL = ("channel", "mcc", "latitude", "longitude")
@@ -61,50 +58,25 @@ class Score:
     reasons: tuple[ScoredReason, ...]
 
 
-class ScoringClient:
-    """A reusable connection to a ScoringService at ``target`` (``host:port``); see the module docstring."""
+class ScoringClient(GrpcClient):
+    """A reusable connection to a ScoringService at ``target`` (``host:port``); see the module docstring
+    and :class:`serving.client.GrpcClient`."""
+
+    error_class = ScoringServiceError
 
     def __init__(self, target: str, *, timeout_s: float = 10.0, wait_for_ready: bool = False) -> None:
-        self.target = target
-        self.timeout_s = timeout_s
-        self.wait_for_ready = wait_for_ready
-        self._channel = grpc.insecure_channel(target)
-        self._stub = scoring_pb2_grpc.ScoringServiceStub(self._channel)
-
-    def __enter__(self) -> ScoringClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel; the client cannot be used afterwards."""
-        self._channel.close()
+        super().__init__(target, timeout_s=timeout_s, wait_for_ready=wait_for_ready)
+        self._stub = scoring_pb2_grpc.ScoringServiceStub(self.channel)
 
     def score(self, transaction: Mapping[str, Any]) -> Score:
         """Score one transaction; raises :class:`ScoringServiceError`."""
         request = scoring_pb2.ScoreRequest(transaction=transaction_message(transaction))
-        try:
-            response = self._stub.Score(request, timeout=self.timeout_s, wait_for_ready=self.wait_for_ready)
-        except grpc.RpcError as error:
-            raise ScoringServiceError(error.code(), error.details() or "") from None
-        return score_of(response)
+        return score_of(self._call(self._stub.Score, request))
 
     def score_batch(self, transactions: Sequence[Mapping[str, Any]]) -> list[Score]:
         """Score up to 1000 transactions in one call (each as :meth:`score` alone); in request order."""
         request = scoring_pb2.ScoreBatchRequest(transactions=[transaction_message(t) for t in transactions])
-        try:
-            response = self._stub.ScoreBatch(
-                request, timeout=self.timeout_s, wait_for_ready=self.wait_for_ready
-            )
-        except grpc.RpcError as error:
-            raise ScoringServiceError(error.code(), error.details() or "") from None
-        return [score_of(result) for result in response.results]
+        return [score_of(result) for result in self._call(self._stub.ScoreBatch, request).results]
 
 
 def transaction_message(transaction: Mapping[str, Any]) -> scoring_pb2.Transaction:
@@ -137,9 +109,7 @@ def score_of(response: scoring_pb2.ScoreResponse) -> Score:
     features: dict[str, FeatureScalar] = {}
     times: dict[str, int | None] = {}
     for feature in response.features:
-        features[feature.name] = _scalar(feature.value)
-        has_time = feature.value.HasField("latest_event_time")
-        times[feature.name] = timestamp_to_ms(feature.value.latest_event_time) if has_time else None
+        features[feature.name], times[feature.name] = feature_value(feature.value)
     reasons = tuple(
         ScoredReason(r.feature, r.value if r.HasField("value") else None, r.contribution, r.source)
         for r in response.top_reasons
@@ -147,12 +117,3 @@ def score_of(response: scoring_pb2.ScoreResponse) -> Score:
     return Score(
         response.transaction_id, response.fraud_probability, response.model_version, features, times, reasons
     )
-
-
-def _scalar(value: features_pb2.FeatureValue) -> FeatureScalar:
-    kind = value.WhichOneof("value")
-    if kind == "int64_value":
-        return value.int64_value
-    if kind == "double_value":
-        return value.double_value
-    return None
