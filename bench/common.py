@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from confluent_kafka import Consumer, TopicPartition
 
 import highwater.stack.deathsig
 from highwater.bootstrap import bootstrapped_stack
@@ -43,6 +44,8 @@ from highwater.progress import progress_bar
 from highwater.settings import Settings
 from highwater.stack.env import isolated_settings, settings_env
 from schemas.catalog import TRANSACTIONS
+from schemas.serde import AvroSerde
+from streams.kafka_source import data_messages
 from streams.producer import EventProducer, ProduceReport
 from streams.synthetic import SyntheticStream
 
@@ -347,3 +350,61 @@ def fmt_ms(value: float) -> str:
     if value < 100:
         return f"{value:.2f} ms"
     return f"{value:,.0f} ms"
+
+
+RAW_STALL_S = 30.0
+"""How long :func:`raw_consume_decode` waits for a record before it gives up."""
+
+
+def raw_consume_decode(
+    settings: Settings, spans: Mapping[tuple[str, int], tuple[int, int]], label: str
+) -> tuple[int, float]:
+    """The same-run baseline of the stream benchmarks: read every ``(topic, partition)`` from ``low`` to
+    ``high`` (``spans``) with one plain consumer and Avro-decode each value; returns (records, seconds).
+
+    The writer schemas are looked up before the clock starts (a registry call is not what is measured).
+    Raises RuntimeError if no record arrives for :data:`RAW_STALL_S` seconds before the end is reached.
+
+    Example:
+        >>> raw_consume_decode(settings, {("transactions", 0): (0, 1000)}, "raw")   # doctest: +SKIP
+        (1000, 0.02)
+    """
+    serde = AvroSerde(settings.schema_registry_url)
+    for topic in sorted({topic for topic, _ in spans}):
+        serde.writer_schema(serde.register(topic))
+    consumer = Consumer(
+        settings.kafka_config(
+            **{"group.id": "bench-raw", "enable.auto.commit": False, "enable.partition.eof": False}
+        )
+    )
+    remaining = {source for source, (low, high) in spans.items() if high > low}
+    total = sum(high - low for low, high in spans.values())
+    done = 0
+    try:
+        with progress_bar(label, total) as advance:
+            started = time.perf_counter()
+            consumer.assign([TopicPartition(t, p, low) for (t, p), (low, _) in sorted(spans.items())])
+            last_progress = started
+            while remaining:
+                messages = consumer.consume(settings.stream.batch_size, 1.0)
+                now = time.perf_counter()
+                if not messages:
+                    if now - last_progress > RAW_STALL_S:
+                        raise RuntimeError(
+                            f"{label}: no records for {RAW_STALL_S} s at {done:,} of {total:,}"
+                        )
+                    continue
+                last_progress = now
+                for message in data_messages(messages):
+                    topic, partition, offset = message.topic(), message.partition(), message.offset()
+                    assert topic is not None and partition is not None and offset is not None
+                    serde.decode(topic, message.value())
+                    if offset + 1 >= spans[(topic, partition)][1]:
+                        remaining.discard((topic, partition))
+                done += len(messages)
+                advance(len(messages))
+            elapsed = time.perf_counter() - started
+    finally:
+        consumer.close()
+    say(f"{label}: {done:,} records in {elapsed:.1f} s = {done / elapsed:,.0f} records/s")
+    return done, elapsed

@@ -28,8 +28,7 @@ import gc
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
+from bench import common
 from bench.common import (
     Check,
     Table,
@@ -39,10 +38,8 @@ from bench.common import (
     synthetic_transactions,
     write_results,
 )
-from highwater.progress import progress_bar
 from highwater.settings import Settings
 from schemas.catalog import TRANSACTIONS
-from schemas.serde import AvroSerde
 from sinks.redis_online import RedisOnlineStore
 from streams.job import run_job
 from streams.kafka_source import log_end_offsets
@@ -50,7 +47,6 @@ from streams.kafka_source import log_end_offsets
 NAME = "ingest"
 TARGET_RATIO = 0.40
 GENERATION = "bench-ingest"
-STALL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,53 +64,10 @@ class Run:
 
 
 def raw_consume_decode(settings: Settings, ends: dict[int, tuple[int, int]], label: str) -> Run:
-    """Read every partition from ``low`` to ``high`` with one consumer and Avro-decode each value.
-
-    Raises RuntimeError if no record arrives for :data:`STALL_S` seconds before the end is reached.
-    """
-    serde = AvroSerde(settings.schema_registry_url)
-    # Look the writer schema up before the clock starts (one registry call, not the measure).
-    serde.writer_schema(serde.register(TRANSACTIONS))
-    consumer = Consumer(
-        settings.kafka_config(
-            **{"group.id": "bench-raw", "enable.auto.commit": False, "enable.partition.eof": False}
-        )
-    )
-    remaining = {p for p, (low, high) in ends.items() if high > low}
-    total = sum(high - low for low, high in ends.values())
-    done = 0
-    try:
-        with progress_bar(label, total) as advance:
-            started = time.perf_counter()
-            consumer.assign([TopicPartition(TRANSACTIONS, p, low) for p, (low, _) in ends.items()])
-            last_progress = started
-            while remaining:
-                messages = consumer.consume(settings.stream.batch_size, 1.0)
-                now = time.perf_counter()
-                if not messages:
-                    if now - last_progress > STALL_S:
-                        raise RuntimeError(f"{label}: no records for {STALL_S} s at {done:,} of {total:,}")
-                    continue
-                last_progress = now
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(error)
-                    serde.decode(TRANSACTIONS, message.value())
-                    partition = message.partition()
-                    offset = message.offset()
-                    if partition is not None and offset is not None and offset + 1 >= ends[partition][1]:
-                        remaining.discard(partition)
-                done += len(messages)
-                advance(len(messages))
-            elapsed = time.perf_counter() - started
-    finally:
-        consumer.close()
-    run = Run(label, done, elapsed)
-    say(f"{label}: {done:,} records in {elapsed:.1f} s = {run.rate:,.0f} records/s")
-    return run
+    """Read every partition of ``transactions`` from ``low`` to ``high`` with one consumer and
+    Avro-decode each value (:func:`bench.common.raw_consume_decode`)."""
+    spans = {(TRANSACTIONS, p): span for p, span in ends.items()}
+    return Run(label, *common.raw_consume_decode(settings, spans, label))
 
 
 def pipeline_run(settings: Settings) -> Run:

@@ -30,13 +30,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
+from bench import common
 from bench.common import Check, Table, isolated_stack, say, write_results
 from highwater.progress import progress_bar
 from highwater.settings import Settings
 from schemas.catalog import FRAUD_LABELS, FRAUD_SCORES
-from schemas.serde import AvroSerde
 from sinks.model_store import model_store_from_settings
 from streams.kafka_source import log_end_offsets
 from streams.learner_job import LearnReport, replay_model, run_learner
@@ -47,7 +45,6 @@ from streams.synthetic import DAY_MS, SyntheticStream
 
 NAME = "learner"
 TOPICS = (FRAUD_SCORES, FRAUD_LABELS)
-STALL_S = 30.0
 PROBES = 1_000
 
 
@@ -72,50 +69,12 @@ class Run:
 
 
 def raw_consume_decode(settings: Settings, ends: dict[tuple[str, int], int], label: str) -> Run:
-    """Read every partition of both topics from the beginning to ``ends``, Avro-decoding each value."""
-    serde = AvroSerde(settings.schema_registry_url)
-    for topic in TOPICS:  # look the writer schemas up before the clock starts
-        serde.writer_schema(serde.register(topic))
-    consumer = Consumer(
-        settings.kafka_config(
-            **{"group.id": "bench-raw", "enable.auto.commit": False, "enable.partition.eof": False}
-        )
+    """Read every partition of both topics from the beginning to ``ends``, Avro-decoding each value
+    (:func:`bench.common.raw_consume_decode`)."""
+    records, seconds = common.raw_consume_decode(
+        settings, {src: (0, end) for src, end in ends.items()}, label
     )
-    remaining = {source for source, end in ends.items() if end > 0}
-    total = sum(ends.values())
-    done = 0
-    try:
-        with progress_bar(label, total) as advance:
-            started = time.perf_counter()
-            consumer.assign([TopicPartition(t, p, 0) for t, p in sorted(remaining)])
-            last_progress = started
-            while remaining:
-                messages = consumer.consume(settings.stream.batch_size, 1.0)
-                now = time.perf_counter()
-                if not messages:
-                    if now - last_progress > STALL_S:
-                        raise RuntimeError(f"{label}: no records for {STALL_S} s at {done:,} of {total:,}")
-                    continue
-                last_progress = now
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(error)
-                    topic, partition, offset = message.topic(), message.partition(), message.offset()
-                    assert topic is not None and partition is not None and offset is not None
-                    serde.decode(topic, message.value())
-                    if offset + 1 >= ends[(topic, partition)]:
-                        remaining.discard((topic, partition))
-                done += len(messages)
-                advance(len(messages))
-            elapsed = time.perf_counter() - started
-    finally:
-        consumer.close()
-    run = Run(label, done, 0, elapsed)
-    say(f"{label}: {done:,} records in {elapsed:.1f} s = {run.rate:,.0f} records/s")
-    return run
+    return Run(label, records, 0, seconds)
 
 
 def learner_run(label: str, report: LearnReport) -> Run:

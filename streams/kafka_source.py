@@ -14,11 +14,12 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from highwater.settings import Settings
 from highwater.topics import partitions_of
@@ -27,6 +28,22 @@ from streams.event_time import RawRecord
 _new_tuple = tuple.__new__
 
 _IDLE_BACKOFF = timedelta(milliseconds=5)
+
+
+def data_messages(messages: Iterable[Message]) -> Iterator[Message]:
+    """The records among ``messages`` from ``Consumer.consume``: partition-end events are skipped, any
+    other error is raised as :class:`confluent_kafka.KafkaException`.
+
+    Example:
+        >>> for message in data_messages(consumer.consume(500, 1.0)):   # doctest: +SKIP
+        ...     handle(message.partition(), message.offset(), message.value())
+    """
+    for message in messages:
+        error = message.error()
+        if error is None:
+            yield message
+        elif error.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(error)
 
 
 class LogResetError(RuntimeError):
@@ -120,12 +137,7 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
         self._awake = None if messages else datetime.now(UTC) + _IDLE_BACKOFF
         batch: list[RawRecord] = []
         topic, partition = self._topic, self._partition
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(error)
+        for message in data_messages(messages):
             offset = message.offset()
             assert offset is not None  # set on every message without an error
             if self._end is not None and offset >= self._end:

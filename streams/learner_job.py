@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from highwater.progress import progress_bar
 from highwater.settings import Settings, get_settings
@@ -53,7 +53,7 @@ from schemas.catalog import DEAD_LETTER, FRAUD_LABELS, FRAUD_SCORES
 from schemas.serde import AvroSerde, SerdeError
 from schemas.validate import business_rule_errors
 from sinks.model_store import ModelStore, ModelStoreError, ModelVersion, Offsets, model_store_from_settings
-from streams.kafka_source import log_end_offsets
+from streams.kafka_source import data_messages, log_end_offsets
 from streams.learner_core import DeadLetter, LearnerCore, LearnerCounters, LearnerOptions, Source
 from streams.producer import EventProducer
 
@@ -410,12 +410,7 @@ def _consume(run: _Run, stop: threading.Event | None, show_progress: bool) -> No
                     settings.stream.batch_size, settings.stream.poll_timeout_ms / 1000
                 )
                 handled = 0
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(error)
+                for message in data_messages(messages):
                     topic, partition, offset = message.topic(), message.partition(), message.offset()
                     assert topic is not None and partition is not None and offset is not None
                     source = (topic, partition)

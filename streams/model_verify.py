@@ -28,14 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from highwater.settings import Settings
 from schemas.catalog import FRAUD_SCORES
 from schemas.serde import AvroSerde, SerdeError
 from sinks.model_store import ModelStore
 from streams.fraud_model import FraudModel
-from streams.kafka_source import log_end_offsets
+from streams.kafka_source import data_messages, log_end_offsets
 
 
 @dataclass(frozen=True)
@@ -152,12 +152,7 @@ def probes_from_log(
         while remaining:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: probes not read within {timeout_s} s (partitions {remaining})")
-            for message in consumer.consume(1_000, 0.5):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(error)
+            for message in data_messages(consumer.consume(1_000, 0.5)):
                 partition, offset = message.partition(), message.offset()
                 assert partition is not None and offset is not None
                 if partition not in remaining or offset >= wanted[partition]:
