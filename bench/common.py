@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
@@ -408,3 +408,52 @@ def raw_consume_decode(
         consumer.close()
     say(f"{label}: {done:,} records in {elapsed:.1f} s = {done / elapsed:,.0f} records/s")
     return done, elapsed
+
+
+class LatencySeries(Protocol):
+    """What :func:`plot_latency_cdfs` reads of a series of timed calls."""
+
+    label: str
+    samples_ms: list[float]
+
+
+def plot_latency_cdfs(
+    series: Sequence[LatencySeries],
+    path: str | Path,
+    *,
+    title: str,
+    targets: Mapping[str, float],
+    solid: Callable[[str], bool],
+    linewidth: float = 1.5,
+    legend_fontsize: float | None = None,
+) -> None:
+    """Save the latency CDF of every series (log-scaled latency axis), the p99 line and each target
+    (``label -> ms``) marked; series whose label ``solid`` accepts are drawn solid, the others dashed.
+
+    Example:
+        >>> plot_latency_cdfs(series, "serving.png", title="GetOnlineFeatures",   # doctest: +SKIP
+        ...                   targets={"p99 target": 2.0}, solid=lambda s: s.startswith("gRPC"))
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for s in series:
+        values = np.sort(np.asarray(s.samples_ms))
+        fraction = np.arange(1, values.size + 1) / values.size
+        ax.plot(values, fraction, "-" if solid(s.label) else "--", label=s.label, linewidth=linewidth)
+    for label, target in targets.items():
+        ax.axvline(target, color="grey", linestyle=":", linewidth=1)
+        ax.text(target, 0.02, f" {label}", rotation=90, fontsize=8)
+    ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

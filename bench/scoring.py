@@ -39,11 +39,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -54,6 +49,7 @@ from bench.common import (
     fmt_ms,
     isolated_stack,
     latency_stats,
+    plot_latency_cdfs,
     produce_transactions,
     say,
     spawn_highwater,
@@ -153,24 +149,15 @@ def measure(
 
 def plot(series: Sequence[Series], path: str) -> None:
     """Latency CDFs of every series (log-scaled latency axis) with the target marked."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for s in series:
-        values = np.sort(np.asarray(s.samples_ms))
-        fraction = np.arange(1, values.size + 1) / values.size
-        style = "-" if s.label.startswith(("Score", "ScoreBatch")) else "--"
-        ax.plot(values, fraction, style, label=s.label, linewidth=1.3)
-    ax.axvline(TARGET_P99_MS, color="grey", linestyle=":", linewidth=1)
-    ax.text(TARGET_P99_MS, 0.02, " Score p99 target", rotation=90, fontsize=8)
-    ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("ScoringService over loopback gRPC vs same-run baselines")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot_latency_cdfs(
+        series,
+        path,
+        title="ScoringService over loopback gRPC vs same-run baselines",
+        targets={"Score p99 target": TARGET_P99_MS},
+        solid=lambda label: label.startswith(("Score", "ScoreBatch")),
+        linewidth=1.3,
+        legend_fontsize=7,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,11 +33,6 @@ from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 import grpc
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -48,6 +43,7 @@ from bench.common import (
     fmt_ms,
     isolated_stack,
     latency_stats,
+    plot_latency_cdfs,
     produce_transactions,
     say,
     spawn_highwater,
@@ -152,26 +148,13 @@ def measure(
 
 def plot(series: Sequence[Series], path: str) -> None:
     """Latency CDFs of every series (log-scaled latency axis) with the targets marked."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    styles = {"gRPC": "-", "raw Redis": "--"}
-    for s in series:
-        values = np.sort(np.asarray(s.samples_ms))
-        fraction = np.arange(1, values.size + 1) / values.size
-        style = styles["gRPC"] if s.label.startswith("gRPC") else styles["raw Redis"]
-        ax.plot(values, fraction, style, label=s.label, linewidth=1.5)
-    for ids, target in TARGET_P99_MS.items():
-        ax.axvline(target, color="grey", linestyle=":", linewidth=1)
-        ax.text(target, 0.02, f" p99 target, {ids} id{'s' if ids > 1 else ''}", rotation=90, fontsize=8)
-    ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("GetOnlineFeatures (card, all features) vs raw Redis reads")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot_latency_cdfs(
+        series,
+        path,
+        title="GetOnlineFeatures (card, all features) vs raw Redis reads",
+        targets={f"p99 target, {ids} id{'s' if ids > 1 else ''}": ms for ids, ms in TARGET_P99_MS.items()},
+        solid=lambda label: label.startswith("gRPC"),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
