@@ -129,8 +129,8 @@ class ModelSettings(BaseModel):
         300_000,
         ge=0,
         description="The learner's merge waits until every input partition is this far past a time "
-        "before learning from it: it must cover how unevenly the scoring app reads the transactions "
-        "partitions (a backlog is read in small fetches per partition to keep that short).",
+        "before learning from it; a record older than that in its own partition is late (dead-lettered). "
+        "fraud-scores partitions follow the transactions partitions' order (co-partitioned).",
     )
     label_hold_ms: int = Field(
         3_600_000,

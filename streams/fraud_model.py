@@ -60,8 +60,9 @@ class FraudModel:
     def inputs(self, transaction: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
         """The model's inputs for ``transaction`` given its card and merchant ``features``.
 
-        Raises ValueError when ``event_time`` is too far behind a time already scored for the label
-        features to be exact (:class:`LabelFeatures` keeps a bounded label history).
+        Raises ValueError when ``event_time`` is more than the label features' horizon behind the newest
+        transaction this version learned from (:class:`LabelFeatures` forgets labels no later query
+        can count, so older answers would not be exact).
         """
         inputs = dict(features)
         for name in TRANSACTION_FIELDS:
