@@ -86,6 +86,8 @@ GATE_POLL_MS = 20
 """How often a waiting record re-reads the feature job's checkpoints."""
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 """Bounded mode gives up when no record arrived for this long before the log end was reached."""
+FETCH_BYTES_PER_PARTITION = 16_384
+"""librdkafka ``max.partition.fetch.bytes`` of the scoring app: about 150 transactions per fetch."""
 SESSION_TIMEOUT_MS = 10_000
 """Consumer session timeout: a dead instance's partitions move on after this long. librdkafka's 45 s
 default also made the first group join on the local broker take about 23 s (10 s: about 3 s)."""
@@ -521,7 +523,14 @@ def build_app(
         auto_create_topics=False,
         use_changelog_topics=False,
         state_dir=settings.state_dir / "quix",
-        consumer_extra_config={"session.timeout.ms": SESSION_TIMEOUT_MS},
+        consumer_extra_config={
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            # Small fetches per partition interleave a backlog's partitions finely. The learner's merge
+            # waits for the slowest scores partition, so with partitions read a megabyte at a time the
+            # live model scoring the fast ones falls days behind them (stale label features, worse
+            # scores: the demo's online AUC dropped from 0.997 to 0.969 without this).
+            "max.partition.fetch.bytes": FETCH_BYTES_PER_PARTITION,
+        },
         producer_extra_config={"enable.idempotence": True, "acks": "all"},
         on_consumer_error=pipeline.on_consumer_error,
         on_message_processed=pipeline.on_message_processed,
