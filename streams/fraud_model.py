@@ -28,17 +28,34 @@ Example:
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from streams.learner import FraudLearner, LabelFeatures, Reason
-from streams.quality import GEO_CELL, TRANSACTION_FIELDS, geo_cell
 
+TRANSACTION_FIELDS = ("amount", "channel", "mcc", "currency")
+"""Fields of the transaction itself that the model reads (plus the location cell)."""
+GEO_CELL = "geo_cell"
+GEO_CELL_DEGREES = 10
 INITIAL_VERSION = "0"
 """The model version of :func:`initial_model`: what scores before the learner job saved anything."""
 _FORMAT = "highwater.FraudModel/1"
+
+
+def geo_cell(latitude: float | None, longitude: float | None) -> str | None:
+    """A coarse location cell (10 x 10 degrees, like a region or country) for a transaction's position.
+
+    Example:
+        >>> geo_cell(52.52, 13.40), geo_cell(-6.2, 106.8), geo_cell(None, None)
+        ('50:10', '-10:100', None)
+    """
+    if latitude is None or longitude is None or math.isnan(latitude) or math.isnan(longitude):
+        return None
+    step = GEO_CELL_DEGREES
+    return f"{math.floor(latitude / step) * step}:{math.floor(longitude / step) * step}"
 
 
 @dataclass(frozen=True)

@@ -36,16 +36,14 @@ from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.redis_online import live_generation
 from sinks.training_set import build_training_set
 from streams.features import REGISTRY
+from streams.fraud_model import GEO_CELL, TRANSACTION_FIELDS, geo_cell
 from streams.learner import DAY_MS, DEFAULT_LEGIT_AFTER_MS, LABEL_FEATURES, LabelFeatures
 from streams.quality import (
-    GEO_CELL,
-    TRANSACTION_FIELDS,
     BaselineResult,
     EncodedInputs,
     WindowMetric,
     auc_ap,
     batch_baselines,
-    geo_cell,
     window_metrics,
 )
 

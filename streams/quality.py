@@ -55,6 +55,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streams.features import REGISTRY, Aggregation, Feature
+from streams.fraud_model import GEO_CELL, TRANSACTION_FIELDS, geo_cell
 from streams.learner import (
     DEFAULT_LEGIT_AFTER_MS,
     LABEL_FEATURES,
@@ -65,11 +66,6 @@ from streams.learner import (
     encode,
 )
 from streams.synthetic import SyntheticStream
-
-TRANSACTION_FIELDS = ("amount", "channel", "mcc", "currency")
-"""Fields of the transaction itself that the model reads (plus the location cell, see model_inputs)."""
-GEO_CELL = "geo_cell"
-GEO_CELL_DEGREES = 10
 
 
 # --- point-in-time features ---------------------------------------------------------------------------
@@ -198,19 +194,6 @@ class EvaluationData:
         truth = transactions["transaction_id"].map(latest.set_index("transaction_id")["is_fraud"])
         is_fraud = truth.fillna(False).astype(bool).to_numpy()
         return cls(transactions, features, labels.reset_index(drop=True), is_fraud, start_ms, end_ms)
-
-
-def geo_cell(latitude: float | None, longitude: float | None) -> str | None:
-    """A coarse location cell (10 x 10 degrees, like a region or country) for a transaction's position.
-
-    Example:
-        >>> geo_cell(52.52, 13.40), geo_cell(-6.2, 106.8), geo_cell(None, None)
-        ('50:10', '-10:100', None)
-    """
-    if latitude is None or longitude is None or math.isnan(latitude) or math.isnan(longitude):
-        return None
-    step = GEO_CELL_DEGREES
-    return f"{math.floor(latitude / step) * step}:{math.floor(longitude / step) * step}"
 
 
 def model_inputs(data: EvaluationData, *, geo: bool = True) -> list[dict[str, Any]]:
