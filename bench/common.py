@@ -457,3 +457,32 @@ def plot_latency_cdfs(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def wait_until_serving(target: str, timeout_s: float = 90.0) -> None:
+    """Block until the gRPC server at ``target`` answers its health check with SERVING (a spawned
+    ``highwater serve`` imports the model libraries first: seconds); TimeoutError after ``timeout_s``.
+
+    Example:
+        >>> wait_until_serving(settings.effective_grpc_target)   # doctest: +SKIP
+    """
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no SERVING answer from {target} within {timeout_s} s")
+            try:
+                reply = health.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=left, wait_for_ready=True
+                )
+            except grpc.RpcError:
+                time.sleep(0.2)
+                continue
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.2)

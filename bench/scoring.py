@@ -55,6 +55,7 @@ from bench.common import (
     spawn_highwater,
     stop_process,
     synthetic_transactions,
+    wait_until_serving,
     write_results,
 )
 from bench.serving import Series
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         server = spawn_highwater(["serve"], settings, settings.state_dir / "bench-serve.log")
         redis_client = redis.Redis.from_url(settings.redis_url)
         try:
+            wait_until_serving(settings.effective_grpc_target)
             results = run_series(settings, store, redis_client, singles, batches, args.warmup, version)
         finally:
             redis_client.close()
