@@ -28,10 +28,15 @@ def _strip_logical_types(node: Any) -> Any:
 
 def parse_for_decoding(schema_text: str) -> Any:
     """A fastavro parsed schema from Avro JSON text, with timestamps left as longs."""
-    return fastavro.parse_schema(_strip_logical_types(json.loads(schema_text)))
+    return fastavro.parse_schema(decoding_schema_json(schema_text))
 
 
 @cache
 def decode_schema(topic: str) -> Any:
     """The parsed reader schema of ``topic`` (the project's current ``.avsc``)."""
     return parse_for_decoding(CATALOG.entry(topic).text)
+
+
+def decoding_schema_json(schema_text: str) -> Any:
+    """The Avro JSON of ``schema_text`` as the decoders read it: timestamps left as longs."""
+    return _strip_logical_types(json.loads(schema_text))

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 from typing import Any
@@ -33,6 +34,7 @@ from schemas.codec import parse_for_decoding
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 COMPATIBILITY = "BACKWARD"
 
 
@@ -70,6 +72,7 @@ class AvroSerde:
         self._writer_ids: dict[tuple[str, str], int] = {}
         self._writers: dict[str, Any] = {}
         self._by_id: dict[int, Any] = {}
+        self._text_by_id: dict[int, str] = {}
         self._resolve: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
 
@@ -119,8 +122,19 @@ class AvroSerde:
             if schema.schema_str is None:
                 raise UnknownSchemaId(f"schema id {schema_id} has no schema text in the registry")
             parsed = parse_for_decoding(schema.schema_str)
+            self._text_by_id[schema_id] = schema.schema_str
             self._by_id[schema_id] = parsed
             return parsed
+
+    def writer_schema_text(self, schema_id: int) -> str:
+        """The registry's text of the writer schema behind ``schema_id``; UnknownSchemaId if it lacks it."""
+        self.writer_schema(schema_id)
+        return self._text_by_id[schema_id]
+
+    def needs_resolution(self, schema_id: int, topic: str) -> bool:
+        """Whether values written with ``schema_id`` must be resolved to ``topic``'s reader schema
+        (the writer schema differs from it), rather than read as they are."""
+        return self._reader_for(schema_id, topic, self.writer_schema(schema_id)) is not None
 
     def _reader_for(self, schema_id: int, topic: str, writer: Any) -> Any:
         """The reader schema to resolve to, or None when the writer schema already is it.
@@ -147,7 +161,9 @@ class AvroSerde:
         try:
             record = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:  # fastavro raises many types for corrupt bodies
-            raise UndecodableRecord(f"Avro body does not match schema id {schema_id}: {exc!r}") from exc
+            # fastavro's messages can name the buffer object; its address would make each message unique
+            detail = _ADDRESS.sub("", repr(exc))
+            raise UndecodableRecord(f"Avro body does not match schema id {schema_id}: {detail}") from exc
         if not isinstance(record, dict):
             raise UndecodableRecord(f"schema id {schema_id} is not a record schema")
         if buf.tell() != len(value):

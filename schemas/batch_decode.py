@@ -1,0 +1,263 @@
+"""Decode a batch of Confluent-framed Avro values into columns at once, with the same outcome per record
+as :meth:`schemas.serde.AvroSerde.decode`.
+
+The bodies of a batch's values written with one schema are concatenated into a single block of an Avro
+object container, which polars reads in Rust: about 0.6 µs per transaction against 10-17 µs for
+fastavro's per-record reader. A block has no per-record boundaries, so a corrupt body (truncated, or
+with trailing bytes) could shift the records after it and still decode. Each record's encoded length is
+therefore recomputed from its decoded values and compared with its body's length: when they agree for
+every record, each record was read from exactly its own bytes (by induction from the first one).
+
+Anything the block read cannot prove goes through ``AvroSerde.decode`` one record at a time, which gives
+each record its exact result or error: framing errors, unknown schema ids, writer schemas that must be
+resolved to the reader schema (during a schema migration), field types this module does not size, a
+block polars refuses (invalid UTF-8, say) and any length mismatch.
+
+Example:
+    >>> decoder = BatchDecoder(AvroSerde(settings.schema_registry_url))       # doctest: +SKIP
+    >>> batch = decoder.decode("transactions", [m.value() for m in messages])  # doctest: +SKIP
+    >>> batch.frame["amount"].sum(), batch.errors                              # doctest: +SKIP
+    (1234.5, {17: UndecodableRecord('magic byte is 1, ...')})
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from schemas.catalog import CATALOG, SchemaCatalog
+from schemas.codec import decoding_schema_json
+from schemas.serde import MAGIC_BYTE, AvroSerde, SerdeError
+
+ROW = "_row"
+"""Column of :attr:`DecodedBatch.frame`: the record's position in the decoded batch."""
+
+_HEADER_SIZE = 5
+_SYNC = b"highwater-block!"  # any 16 bytes: the marker closing the container's one block
+_POLARS_TYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "bytes": pl.Binary(),
+    "long": pl.Int64(),
+    "int": pl.Int32(),
+    "double": pl.Float64(),
+    "float": pl.Float32(),
+    "boolean": pl.Boolean(),
+}
+_FIXED_SIZES = {"double": 8, "float": 4, "boolean": 1}
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A top-level record field of a primitive type, possibly nullable (a union with null)."""
+
+    name: str
+    base: str
+    nullable: bool
+
+
+def _fields(schema_json: Any) -> list[_Field] | None:
+    """The record's fields when every one is primitive or a union of null and one primitive; else None."""
+    if not isinstance(schema_json, dict) or schema_json.get("type") != "record":
+        return None
+    out = []
+    for field in schema_json["fields"]:
+        kind = field["type"]
+        branches = kind if isinstance(kind, list) else [kind]
+        bases = [b["type"] if isinstance(b, dict) else b for b in branches]
+        others = [b for b in bases if b != "null"]
+        if len(others) != 1 or others[0] not in _POLARS_TYPES or len(bases) > 2:
+            return None
+        out.append(_Field(field["name"], others[0], nullable=len(bases) == 2))
+    return out
+
+
+def polars_schema(topic: str, catalog: SchemaCatalog = CATALOG) -> pl.Schema:
+    """The frame schema of ``topic``'s events: its reader schema's fields as polars types.
+
+    Example:
+        >>> polars_schema("fraud-labels")["is_fraud"]
+        Boolean
+    """
+    fields = _fields(decoding_schema_json(catalog.entry(topic).text))
+    if fields is None:
+        raise TypeError(f"{topic}: batch decoding needs a record of primitive (or nullable primitive) fields")
+    return pl.Schema({f.name: _POLARS_TYPES[f.base] for f in fields})
+
+
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+    """Bytes of each int64 as an Avro zig-zag varint."""
+    zigzag = ((values << 1) ^ (values >> 63)).view(np.uint64)
+    sizes = np.ones(len(values), np.int64)
+    for k in range(1, 10):
+        sizes += zigzag >= np.uint64(1 << (7 * k))
+    return sizes
+
+
+def _zigzag_varint(value: int) -> bytes:
+    encoded = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while encoded > 0x7F:
+        out.append((encoded & 0x7F) | 0x80)
+        encoded >>= 7
+    out.append(encoded)
+    return bytes(out)
+
+
+def _avro_string(text: str) -> bytes:
+    data = text.encode()
+    return _zigzag_varint(len(data)) + data
+
+
+def encoded_sizes(frame: pl.DataFrame, fields: Sequence[_Field]) -> np.ndarray:
+    """Each row's length in Avro binary encoding under ``fields`` (the writer schema's)."""
+    total = np.zeros(frame.height, np.int64)
+    for field in fields:
+        column = frame.get_column(field.name)
+        present = ~column.is_null().to_numpy() if field.nullable else None
+        if field.base in _FIXED_SIZES:
+            size = np.full(frame.height, _FIXED_SIZES[field.base], np.int64)
+        elif field.base in ("string", "bytes"):
+            lengths = (column.str.len_bytes() if field.base == "string" else column.bin.size()).fill_null(0)
+            length_array = lengths.cast(pl.Int64).to_numpy()
+            size = _varint_sizes(length_array) + length_array
+        else:  # long, int
+            size = _varint_sizes(column.fill_null(0).cast(pl.Int64).to_numpy())
+        if present is not None:
+            size = np.where(present, size, 0) + 1  # the union's branch index: one byte
+        total += size
+    return total
+
+
+@dataclass
+class DecodedBatch:
+    """The records of a batch that decoded (``frame``, in batch order, with :data:`ROW`) and the errors
+    of those that did not (``errors``: batch position -> the error ``AvroSerde.decode`` raises).
+    ``one_by_one``: how many records the block read could not take (decoded record by record)."""
+
+    frame: pl.DataFrame
+    errors: dict[int, SerdeError]
+    one_by_one: int = 0
+
+
+class BatchDecoder:
+    """Decodes batches of one topic's values into polars frames (see the module docstring)."""
+
+    def __init__(self, serde: AvroSerde, catalog: SchemaCatalog = CATALOG) -> None:
+        self._serde = serde
+        self._catalog = catalog
+        self._schemas: dict[str, pl.Schema] = {}
+        # schema id -> (container header, writer fields) when its values can be read as a block, else None
+        self._blocks: dict[tuple[int, str], tuple[bytes, list[_Field]] | None] = {}
+
+    def decode(self, topic: str, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Decode ``values`` (Confluent-framed Avro of ``topic``)."""
+        schema = self._schemas.get(topic)
+        if schema is None:
+            schema = self._schemas[topic] = polars_schema(topic, self._catalog)
+        groups: dict[int, list[int]] = {}
+        errors: dict[int, SerdeError] = {}
+        for row, value in enumerate(values):
+            if value is None or len(value) < _HEADER_SIZE or value[0] != MAGIC_BYTE:
+                errors[row] = _serde_error(self._serde, topic, value)
+                continue
+            schema_id = int.from_bytes(value[1:5], "big")
+            rows = groups.get(schema_id)
+            if rows is None:
+                groups[schema_id] = [row]
+            else:
+                rows.append(row)
+        frames: list[pl.DataFrame] = []
+        one_by_one = len(errors)
+        for schema_id, rows in groups.items():
+            frame = self._read_block(topic, schema_id, rows, values, schema)
+            if frame is None:
+                frame = self._read_one_by_one(topic, rows, values, schema, errors)
+                one_by_one += len(rows)
+            frames.append(frame)
+        if not frames:
+            frame = pl.DataFrame(schema={**dict(schema), ROW: pl.UInt32()})
+        elif len(frames) == 1:
+            frame = frames[0]
+        else:
+            frame = pl.concat(frames).sort(ROW)
+        return DecodedBatch(frame, errors, one_by_one)
+
+    def _block_layout(self, topic: str, schema_id: int) -> tuple[bytes, list[_Field]] | None:
+        key = (schema_id, topic)
+        if key not in self._blocks:
+            layout: tuple[bytes, list[_Field]] | None = None
+            try:
+                resolve = self._serde.needs_resolution(schema_id, topic)
+            except SerdeError:  # unknown id: the one-by-one path reports it per record
+                resolve = True
+            if not resolve:
+                schema_json = decoding_schema_json(self._serde.writer_schema_text(schema_id))
+                fields = _fields(schema_json)
+                if fields is not None:
+                    meta = (
+                        _zigzag_varint(2)
+                        + _avro_string("avro.schema")
+                        + _avro_string(json.dumps(schema_json))
+                        + _avro_string("avro.codec")
+                        + _avro_string("null")
+                        + _zigzag_varint(0)
+                    )
+                    layout = (b"Obj\x01" + meta + _SYNC, fields)
+            self._blocks[key] = layout
+        return self._blocks[key]
+
+    def _read_block(
+        self, topic: str, schema_id: int, rows: list[int], values: Sequence[bytes | None], schema: pl.Schema
+    ) -> pl.DataFrame | None:
+        layout = self._block_layout(topic, schema_id)
+        if layout is None:
+            return None
+        header, fields = layout
+        bodies = [values[row][_HEADER_SIZE:] for row in rows]  # type: ignore[index]
+        data = b"".join(bodies)
+        container = header + _zigzag_varint(len(rows)) + _zigzag_varint(len(data)) + data + _SYNC
+        try:
+            frame = pl.read_avro(io.BytesIO(container))
+        except (Exception, pl.exceptions.PanicException):  # corrupt blocks raise, or panic in Rust
+            return None
+        if frame.height != len(rows) or frame.columns != list(schema.names()):
+            return None
+        lengths = np.fromiter((len(b) for b in bodies), np.int64, len(bodies))
+        if not np.array_equal(encoded_sizes(frame, fields), lengths):
+            return None
+        return frame.cast(schema).with_columns(pl.Series(ROW, rows, pl.UInt32()))
+
+    def _read_one_by_one(
+        self,
+        topic: str,
+        rows: list[int],
+        values: Sequence[bytes | None],
+        schema: pl.Schema,
+        errors: dict[int, SerdeError],
+    ) -> pl.DataFrame:
+        records: list[dict[str, Any]] = []
+        decoded: list[int] = []
+        for row in rows:
+            try:
+                records.append(self._serde.decode(topic, values[row]))
+            except SerdeError as exc:
+                errors[row] = exc
+                continue
+            decoded.append(row)
+        frame = pl.from_dicts(records, schema=schema) if records else pl.DataFrame(schema=schema)
+        return frame.with_columns(pl.Series(ROW, decoded, pl.UInt32()))
+
+
+def _serde_error(serde: AvroSerde, topic: str, value: bytes | None) -> SerdeError:
+    """The error ``AvroSerde.decode`` raises for a value with bad framing."""
+    try:
+        serde.decode(topic, value)
+    except SerdeError as exc:
+        return exc
+    raise AssertionError("a value with bad framing decoded")  # pragma: no cover
