@@ -110,31 +110,44 @@ class Classifier:
         try:
             event = self._serde.decode(raw.topic, raw.value)
         except SerdeError as exc:
-            return self._malformed(clock, raw, exc.kind, str(exc))
+            return malformed_record(clock, raw, exc.kind, str(exc))
         errors = business_rule_errors(raw.topic, event)
         if errors:
-            return self._malformed(clock, raw, "validation_failed", "; ".join(errors))
+            return malformed_record(clock, raw, "validation_failed", "; ".join(errors))
         event_time = int(event[self._time_field])
         lateness = self._policy.lateness_ms(clock, event_time)
         if lateness is not None:
-            watermark = self._policy.watermark(clock)
-            reason = (
-                f"event_time {event_time} is {lateness} ms older than watermark {watermark} minus "
-                f"allowed lateness {self._policy.allowed_lateness_ms} ms (partition {raw.partition})"
-            )
-            return Classified(
-                raw,
-                Fate.LATE,
-                clock.max_event_time_ms,
-                event=event,
-                error_type="late",
-                reason=reason,
-                watermark_ms=watermark,
-                lateness_ms=lateness,
-            )
+            return late_record(raw, event, event_time, lateness, clock, self._policy)
         clock.observe(event_time)
         return Classified(raw, Fate.APPLIED, clock.max_event_time_ms, event=event)
 
-    @staticmethod
-    def _malformed(clock: PartitionClock, raw: RawRecord, kind: str, reason: str) -> Classified:
-        return Classified(raw, Fate.MALFORMED, clock.max_event_time_ms, error_type=kind, reason=reason)
+
+def late_record(
+    raw: RawRecord,
+    event: dict[str, Any],
+    event_time_ms: int,
+    lateness_ms: int,
+    clock: PartitionClock,
+    policy: LatenessPolicy,
+) -> Classified:
+    """A late record with its reason; ``clock`` is its partition's clock just before it."""
+    watermark = policy.watermark(clock)
+    reason = (
+        f"event_time {event_time_ms} is {lateness_ms} ms older than watermark {watermark} minus "
+        f"allowed lateness {policy.allowed_lateness_ms} ms (partition {raw.partition})"
+    )
+    return Classified(
+        raw,
+        Fate.LATE,
+        clock.max_event_time_ms,
+        event=event,
+        error_type="late",
+        reason=reason,
+        watermark_ms=watermark,
+        lateness_ms=lateness_ms,
+    )
+
+
+def malformed_record(clock: PartitionClock, raw: RawRecord, kind: str, reason: str) -> Classified:
+    """A record that cannot be used, with the dead-letter error type ``kind`` and its reason."""
+    return Classified(raw, Fate.MALFORMED, clock.max_event_time_ms, error_type=kind, reason=reason)

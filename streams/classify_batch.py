@@ -1,0 +1,183 @@
+"""The fate of a whole batch of one partition's records at once, as columns.
+
+:class:`streams.event_time.Classifier` decides record by record; this module makes the same decisions
+for a batch read from one partition (a :class:`RawBatch`) and keeps the valid events as a polars frame,
+so the stream job touches each record in Python only where it must:
+
+* decoding is :class:`schemas.batch_decode.BatchDecoder` (one Avro block per batch, same results as
+  decoding one by one);
+* business rules run one by one only on the rows a vectorized check cannot clear
+  (:func:`schemas.validate.rows_to_check`);
+* lateness is one pass over the event times (the clock only moves forward, and a late event is always
+  below the clock, so "the clock after the applied events" is "the running maximum of the valid ones");
+* late and malformed records, rare, become :class:`~streams.event_time.Classified` records for their
+  side topics, with the exact reasons the record-by-record classifier gives.
+
+``tests/test_classify_batch.py`` checks batch decisions against the record-by-record classifier.
+
+Example:
+    >>> classifier = BatchClassifier(serde, LatenessPolicy(5_000, 60_000))                 # doctest: +SKIP
+    >>> out = classifier.classify(PartitionClock(None), RawBatch("transactions", 0, offsets, keys, values))
+    >>> out.events.filter(~pl.col(LATE)).height, out.counters                            # doctest: +SKIP
+    (1998, {'applied': 1998, 'late': 1, 'malformed:undecodable': 1})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import polars as pl
+
+from schemas.batch_decode import ROW, BatchDecoder
+from schemas.serde import AvroSerde
+from schemas.validate import business_rule_errors, rows_to_check
+from streams.event_time import (
+    Classified,
+    LatenessPolicy,
+    PartitionClock,
+    RawRecord,
+    late_record,
+    malformed_record,
+)
+
+OFFSET = "_offset"
+"""Column of :attr:`ClassifiedBatch.events`: the record's offset in its partition."""
+LATE = "_late"
+"""Column of :attr:`ClassifiedBatch.events`: whether the event is late (history only, not applied)."""
+LATE_REASON = "_late_reason"
+"""Column of :attr:`ClassifiedBatch.events`: why a late event is late ("" for applied ones)."""
+
+
+class RawBatch(NamedTuple):
+    """Consecutive records of one partition, exactly as read, as parallel lists."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def record(self, position: int) -> RawRecord:
+        """The record at ``position`` of the batch."""
+        return RawRecord(
+            self.topic, self.partition, self.offsets[position], self.keys[position], self.values[position]
+        )
+
+
+@dataclass
+class ClassifiedBatch:
+    """A batch with its records' fates.
+
+    ``events``: the valid records (applied and late), in log order: the event's fields, then
+    :data:`OFFSET`, :data:`LATE` and :data:`LATE_REASON`. ``routed``: the late and malformed records, in
+    log order, for the side topics. ``max_event_time_ms``: the partition's high-water mark after the
+    batch; ``next_offset``: where reading the partition resumes after it; ``records``: how many records
+    the batch had.
+    """
+
+    topic: str
+    partition: int
+    records: int
+    events: pl.DataFrame
+    routed: list[Classified]
+    next_offset: int
+    max_event_time_ms: int | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> pl.DataFrame:
+        """The events applied online (the valid ones that are not late)."""
+        return self.events.filter(~pl.col(LATE))
+
+
+class BatchClassifier:
+    """Decides the fate of each record of a batch, in log order, as :class:`Classifier` would."""
+
+    def __init__(self, serde: AvroSerde, policy: LatenessPolicy, time_field: str = "event_time") -> None:
+        self._decoder = BatchDecoder(serde)
+        self._policy = policy
+        self._time_field = time_field
+
+    def classify(self, clock: PartitionClock, raw: RawBatch) -> ClassifiedBatch:
+        """The fates of ``raw``'s records; advances ``clock`` past the batch's applied events."""
+        if not raw.offsets:
+            raise ValueError(f"{raw.topic}:{raw.partition}: an empty batch has no fates to decide")
+        decoded = self._decoder.decode(raw.topic, raw.values)
+        frame = decoded.frame
+        malformed = {row: (error.kind, str(error)) for row, error in decoded.errors.items()}
+        invalid = []
+        for position in rows_to_check(raw.topic, frame):
+            event = frame.row(position, named=True)
+            row = event.pop(ROW)
+            errors = business_rule_errors(raw.topic, event)
+            if errors:
+                malformed[row] = ("validation_failed", "; ".join(errors))
+                invalid.append(position)
+        if invalid:
+            frame = frame.with_row_index("_position").filter(~pl.col("_position").is_in(invalid))
+            frame = frame.drop("_position")
+
+        rows: list[int] = frame.get_column(ROW).to_list()
+        times: list[int] = frame.get_column(self._time_field).to_list()
+        late: list[bool] = [False] * len(rows)
+        reasons: list[str] = [""] * len(rows)
+        routed: list[Classified] = []
+        errors_at = sorted(malformed)
+        next_error = 0
+        bound = self._late_bound(clock)
+        for position, (row, event_time) in enumerate(zip(rows, times, strict=True)):
+            while next_error < len(errors_at) and errors_at[next_error] < row:
+                routed.append(self._malformed(clock, raw, errors_at[next_error], malformed))
+                next_error += 1
+            if bound is not None and event_time < bound:
+                event = frame.row(position, named=True)
+                del event[ROW]
+                record = late_record(
+                    raw.record(row), event, event_time, bound - event_time, clock, self._policy
+                )
+                routed.append(record)
+                late[position] = True
+                reasons[position] = record.reason
+            elif clock.max_event_time_ms is None or event_time > clock.max_event_time_ms:
+                clock.observe(event_time)
+                bound = self._late_bound(clock)
+        for row in errors_at[next_error:]:
+            routed.append(self._malformed(clock, raw, row, malformed))
+
+        offsets = raw.offsets
+        events = frame.with_columns(
+            pl.Series(OFFSET, [offsets[row] for row in rows], pl.Int64()),
+            pl.Series(LATE, late, pl.Boolean()),
+            pl.Series(LATE_REASON, reasons, pl.String()),
+        ).drop(ROW)
+        counters: dict[str, int] = {}
+        n_late = sum(late)
+        if len(rows) - n_late:
+            counters["applied"] = len(rows) - n_late
+        if n_late:
+            counters["late"] = n_late
+        for kind, _ in malformed.values():
+            counters[f"malformed:{kind}"] = counters.get(f"malformed:{kind}", 0) + 1
+        return ClassifiedBatch(
+            raw.topic,
+            raw.partition,
+            len(offsets),
+            events,
+            routed,
+            offsets[-1] + 1,
+            clock.max_event_time_ms,
+            counters,
+        )
+
+    def _late_bound(self, clock: PartitionClock) -> int | None:
+        """Event times below this are late: the watermark minus the allowed lateness."""
+        watermark = self._policy.watermark(clock)
+        return None if watermark is None else watermark - self._policy.allowed_lateness_ms
+
+    @staticmethod
+    def _malformed(
+        clock: PartitionClock, raw: RawBatch, row: int, malformed: dict[int, tuple[str, str]]
+    ) -> Classified:
+        kind, reason = malformed[row]
+        return malformed_record(clock, raw.record(row), kind, reason)
