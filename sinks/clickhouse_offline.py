@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any
 
 import clickhouse_connect
+import polars as pl
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
@@ -64,6 +65,13 @@ _EVENT_FIELDS: dict[str, list[tuple[str, pa.DataType]]] = {
     ],
 }
 _TABLE_OF_TOPIC = {TRANSACTIONS: "transactions", FRAUD_LABELS: "fraud_labels"}
+_POLARS_TS = pl.Datetime("ms", "UTC")
+_POLARS_TYPES: dict[pa.DataType, pl.DataType] = {
+    pa.string(): pl.String(),
+    pa.float64(): pl.Float64(),
+    pa.bool_(): pl.Boolean(),
+    _TS: _POLARS_TS,
+}
 
 
 def table_name(database: str, kind: str, generation: str) -> str:
@@ -120,10 +128,10 @@ class ClickHouseOfflineStore:
                 continue
             for statement in _statements(sql):
                 self._client.command(statement.format(database=self.database, generation=generation))
-            self._client.insert(
+            # Through polars: Client.insert and pyarrow tables would import pandas (seconds) first.
+            self._client.insert_arrow(
                 f"{self.database}.schema_migrations",
-                [[generation, name]],
-                column_names=["generation", "version"],
+                pl.DataFrame({"generation": [generation], "version": [name]}).to_arrow(),
             )
             applied.append(name)
         return applied
@@ -170,6 +178,19 @@ class ClickHouseOfflineStore:
                 raise ValueError(f"no history table for topic {topic!r}")
             self._client.insert_arrow(table_name(self.database, kind, generation), _arrow_rows(topic, rows))
 
+    def write_history_frame(
+        self, generation: str, topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms: int
+    ) -> None:
+        """Insert ``topic``'s events in ``frame`` (see :meth:`OfflineStore.write_history_frame`)."""
+        kind = _TABLE_OF_TOPIC.get(topic)
+        if kind is None:
+            raise ValueError(f"no history table for topic {topic!r}")
+        if frame.height:
+            self._client.insert_arrow(
+                table_name(self.database, kind, generation),
+                _arrow_frame(topic, frame, apply_seq, ingested_at_ms),
+            )
+
     # --- reading ------------------------------------------------------------------------------------
     def tables(self, generation: str) -> dict[str, str]:
         """Placeholder name -> quoted table name, for ``str.format`` of queries."""
@@ -204,3 +225,25 @@ def _arrow_rows(topic: str, rows: Sequence[HistoryEvent]) -> pa.Table:
         columns["apply_seq"] = pa.array([r.apply_seq for r in rows], pa.uint64())
     columns["ingested_at"] = pa.array([r.ingested_at_ms for r in rows], _TS)
     return pa.table(columns)
+
+
+def _arrow_frame(topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms: int) -> pa.Table:
+    """The history rows of ``frame``'s events, in the layout :func:`_arrow_rows` gives.
+
+    Built in polars: creating a table in pyarrow imports pandas on first use (seconds at start-up).
+    """
+    columns = [
+        pl.lit(topic, pl.String()).alias("topic"),
+        pl.col("partition").cast(pl.UInt32()),
+        pl.col("offset").cast(pl.UInt64()),
+    ]
+    for name, kind in _EVENT_FIELDS[topic]:
+        columns.append(pl.col(name).cast(_POLARS_TYPES[kind]))
+    if topic == TRANSACTIONS:
+        columns += [
+            pl.col("late").cast(pl.Boolean()),
+            pl.col("late_reason").cast(pl.String()),
+            pl.lit(apply_seq, pl.UInt64()).alias("apply_seq"),
+        ]
+    columns.append(pl.lit(ingested_at_ms, pl.Int64()).cast(_POLARS_TS).alias("ingested_at"))
+    return frame.select(columns).to_arrow()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+import polars as pl
 import pyarrow as pa
 
 
@@ -65,6 +66,13 @@ class OfflineStore(Protocol):
 
     def write_history(self, generation: str, events: Sequence[HistoryEvent]) -> None:
         """Append ``events`` (any topics); re-writing the same (topic, partition, offset) leaves one row."""
+
+    def write_history_frame(
+        self, generation: str, topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms: int
+    ) -> None:
+        """Append ``topic``'s events in ``frame`` (one row per event: its fields, then ``partition``,
+        ``offset``, ``late`` and ``late_reason``), as :meth:`write_history` would append them as
+        :class:`HistoryEvent` records with that ``apply_seq`` and ``ingested_at_ms``."""
         ...
 
     def query_arrow(self, sql: str, generation: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:

@@ -159,13 +159,30 @@ class PartitionCheckpoint:
     max_event_time_ms: int | None
 
 
+class EventColumns(NamedTuple):
+    """Applied events as columns: what a list of :class:`AppliedEvent` says, one list per attribute.
+
+    ``updates``: per entity, ``(entity, each event's entity id, each event's fields)``. The stream job
+    builds these straight from its decoded columns, which spares a Python object per event and entity.
+
+    Example:
+        >>> columns = EventColumns(["t1", "t2"], [1000, 2000], [("card", ["c1", "c1"], [("5.0",), ("7.5",)])])
+        >>> store.write(WriteBatch(columns=[columns]))  # doctest: +SKIP
+    """
+
+    event_ids: Sequence[str]
+    event_times_ms: Sequence[int]
+    updates: Sequence[tuple[str, Sequence[str], Sequence[tuple[str, ...]]]]
+
+
 @dataclass
 class WriteBatch:
-    """Everything one flush makes durable together."""
+    """Everything one flush makes durable together: ``events``, then ``columns``, in that order."""
 
     events: list[AppliedEvent] = field(default_factory=list)
     checkpoints: list[PartitionCheckpoint] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    columns: list[EventColumns] = field(default_factory=list)
 
 
 class OnlineStore(Protocol):

@@ -12,51 +12,81 @@ recorded layout (``hw:{gen}:meta:layout``, see :class:`streams.features.EntityLa
 to Python as strings (``%.17g``) so no precision is lost to Redis' integer conversion of Lua numbers.
 
 Ids and field values never contain control characters (``schemas.validate`` refuses them), so the
-separators 0x1d-0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few thousand values,
+separator 0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few thousand values,
 so variadic calls go in chunks of ``CHUNK``.
 """
 
 APPLY_BATCH = r"""
 -- KEYS: checkpoints hash, clock string, counters hash, seen zset, then one events zset per entity id
--- ARGV: ttl_ms, trim_before,
---       events: 'event_id 0x1f event_time' records joined by 0x1e (indexes count from 1 in this order),
---       n_keys, per key: 'event_index 0x1d event_time 0x1d member' entries joined by 0x1e,
+-- ARGV: ttl_ms, trim_before, n_events, the n event ids, their n event times,
+--       n_keys, per key: n_entries, the entries' event indexes (from 1, in the events' order), then
+--       [score (event time), member] * n_entries;
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
--- Events and entries travel as a few long strings: packing one argument per value costs the client
--- more than splitting them costs the server.
+-- Every value is its own argument: Redis hands the script its arguments as strings, so nothing needs
+-- parsing here, and a key's entries go to ZADD straight from ARGV when no event of the batch is skipped.
 local CHUNK = 1000
 local ttl, trim_arg = ARGV[1], ARGV[2]
 local trim = tonumber(trim_arg)
 local seen = KEYS[4]
--- An event is skipped whole when its id was applied before (first wins) or it is older than the kept
--- horizon (no servable read reaches it).
-local skip, n, duplicates, beyond = {}, 0, 0, 0
-for id, t in string.gmatch(ARGV[3], '([^\30\31]+)\31([^\30]+)') do
-  n = n + 1
-  if tonumber(t) < trim then
-    skip[n] = true; beyond = beyond + 1
-  elseif redis.call('ZADD', seen, 'NX', t, id) == 0 then
-    skip[n] = true; duplicates = duplicates + 1
+local n = tonumber(ARGV[3])
+local ids0, times0 = 3, 3 + n  -- event i: id ARGV[ids0 + i], time ARGV[times0 + i]
+-- An event is skipped whole when it is older than the kept horizon (no servable read reaches it) or
+-- its id was applied before (first wins).
+local skip, skipping, duplicates, beyond = {}, false, 0, 0
+local kept = {}
+for i = 1, n do
+  if tonumber(ARGV[times0 + i]) < trim then
+    skip[i] = true; skipping = true; beyond = beyond + 1
+  else
+    kept[#kept + 1] = i
   end
 end
-local n_keys = tonumber(ARGV[4])
-for k = 1, n_keys do
-  local key = KEYS[4 + k]
-  local members = {}
-  for index, t, member in string.gmatch(ARGV[4 + k], '(%d+)\29([^\29]+)\29([^\30]+)') do
-    if not skip[tonumber(index)] then
-      members[#members + 1] = t
-      members[#members + 1] = member
+local added = {}
+for c = 1, #kept, CHUNK do
+  local last = math.min(#kept, c + CHUNK - 1)
+  local ids = {}
+  for j = c, last do ids[#ids + 1] = ARGV[ids0 + kept[j]] end
+  local scores = redis.call('ZMSCORE', seen, unpack(ids))
+  for j = c, last do
+    local i = kept[j]
+    if scores[j - c + 1] then
+      skip[i] = true; skipping = true; duplicates = duplicates + 1
+    else
+      added[#added + 1] = ARGV[times0 + i]; added[#added + 1] = ARGV[ids0 + i]
     end
   end
-  for c = 1, #members, 2 * CHUNK do
-    redis.call('ZADD', key, unpack(members, c, math.min(#members, c + 2 * CHUNK - 1)))
+end
+for c = 1, #added, 2 * CHUNK do
+  redis.call('ZADD', seen, unpack(added, c, math.min(#added, c + 2 * CHUNK - 1)))
+end
+local a = 4 + 2 * n
+local n_keys = tonumber(ARGV[a]); a = a + 1
+for k = 1, n_keys do
+  local key = KEYS[4 + k]
+  local m = tonumber(ARGV[a])
+  local indexes0, scored0 = a, a + m + 1  -- entry j: index ARGV[indexes0 + j], pair at scored0 + 2(j-1)
+  if not skipping then
+    for c = 0, m - 1, CHUNK do
+      local last = math.min(m - 1, c + CHUNK - 1)
+      redis.call('ZADD', key, unpack(ARGV, scored0 + 2 * c, scored0 + 2 * last + 1))
+    end
+  else
+    local members = {}
+    for j = 1, m do
+      if not skip[tonumber(ARGV[indexes0 + j])] then
+        members[#members + 1] = ARGV[scored0 + 2 * (j - 1)]
+        members[#members + 1] = ARGV[scored0 + 2 * (j - 1) + 1]
+      end
+    end
+    for c = 1, #members, 2 * CHUNK do
+      redis.call('ZADD', key, unpack(members, c, math.min(#members, c + 2 * CHUNK - 1)))
+    end
   end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. trim_arg)
   redis.call('PEXPIRE', key, ttl)
+  a = scored0 + 2 * m
 end
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. trim_arg)
-local a = 5 + n_keys
 local n_ckpt = tonumber(ARGV[a]); a = a + 1
 for i = 1, n_ckpt do
   redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1]); a = a + 2

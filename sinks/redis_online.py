@@ -72,8 +72,6 @@ _new_tuple = tuple.__new__
 LIVE_GENERATION_KEY = "hw:live"
 """The generation readers that follow the live pointer read (``highwater generations promote`` sets it)."""
 FIELD_SEPARATOR = "\x1f"
-RECORD_SEPARATOR = "\x1e"
-ENTRY_SEPARATOR = "\x1d"
 
 
 class KeyLayout:
@@ -177,29 +175,58 @@ class RedisOnlineStore:
         # clock - retention - longest window, and keep_ms is larger than that span.
         trim = (partition_max - self.keep_ms) if partition_max is not None else 0
         events_key = self.keys.events
-        event_records: list[str] = []
-        by_key: dict[str, list[str]] = {}
+        event_ids: list[str] = []
+        event_times: list[int] = []
+        # per events key: the entries' event indexes (from 1, in event_ids order), their [score, member]s
+        by_key: dict[str, tuple[list[int], list[str | int]]] = {}
         first_seen: set[str] = set()
         repeated = 0
+
+        def add_entry(key: str, index: int, event_time: int, member: str) -> None:
+            entries = by_key.get(key)
+            if entries is None:
+                by_key[key] = ([index], [event_time, member])
+            else:
+                entries[0].append(index)
+                entries[1].extend((event_time, member))
+
         for event in batch.events:
             event_id = event.event_id
             if event_id in first_seen:  # a second copy in the same batch: the script cannot tell
                 repeated += 1
                 continue
             first_seen.add(event_id)
-            event_records.append(f"{event_id}{FIELD_SEPARATOR}{event.event_time_ms}")
-            head = f"{len(first_seen)}{ENTRY_SEPARATOR}{event.event_time_ms}{ENTRY_SEPARATOR}{event_id}"
+            event_ids.append(event_id)
+            event_times.append(event.event_time_ms)
             for update in event.updates:
-                entry = FIELD_SEPARATOR.join((head, *update.fields))
-                key = events_key(update.entity, update.entity_id)
-                entries = by_key.get(key)
-                if entries is None:
-                    by_key[key] = [entry]
-                else:
-                    entries.append(entry)
+                member = FIELD_SEPARATOR.join((event_id, *update.fields))
+                add_entry(
+                    events_key(update.entity, update.entity_id), len(event_ids), event.event_time_ms, member
+                )
+        for block in batch.columns:
+            indexes: list[int] = []  # per event: its index, or 0 for a repeated copy
+            for event_id, event_time in zip(block.event_ids, block.event_times_ms, strict=True):
+                if event_id in first_seen:
+                    repeated += 1
+                    indexes.append(0)
+                    continue
+                first_seen.add(event_id)
+                event_ids.append(event_id)
+                event_times.append(event_time)
+                indexes.append(len(event_ids))
+            for entity, entity_ids, fields in block.updates:
+                for index, event_id, event_time, entity_id, values in zip(
+                    indexes, block.event_ids, block.event_times_ms, entity_ids, fields, strict=True
+                ):
+                    if index:
+                        member = FIELD_SEPARATOR.join((event_id, *values))
+                        add_entry(events_key(entity, entity_id), index, event_time, member)
         keys = [self.keys.checkpoints, self.keys.clock, self.keys.counters, self.keys.seen, *by_key]
-        args: list[str | int] = [self._ttl_ms, trim, RECORD_SEPARATOR.join(event_records), len(by_key)]
-        args += [RECORD_SEPARATOR.join(entries) for entries in by_key.values()]
+        args: list[str | int] = [self._ttl_ms, trim, len(event_ids), *event_ids, *event_times, len(by_key)]
+        for entry_indexes, scored in by_key.values():
+            args.append(len(entry_indexes))
+            args += entry_indexes
+            args += scored
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:
             max_time = "" if ckpt.max_event_time_ms is None else str(ckpt.max_event_time_ms)

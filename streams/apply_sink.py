@@ -20,28 +20,33 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, TopicPartition
 
 from highwater.settings import Settings
 from schemas.catalog import DEAD_LETTER, LATE_EVENTS
 from sinks.clickhouse_offline import ClickHouseOfflineStore
-from sinks.offline import HistoryEvent, OfflineStore
-from sinks.online import AppliedEvent, EntityUpdate, OnlineStore, PartitionCheckpoint, WriteBatch
+from sinks.offline import OfflineStore
+from sinks.online import EventColumns, OnlineStore, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
+from streams.classify_batch import LATE, LATE_REASON, OFFSET, ClassifiedBatch
 from streams.event_time import Classified, Fate
-from streams.features import REGISTRY, EntityLayout, FeatureRegistry, payload
+from streams.features import REGISTRY, EntityLayout, FeatureRegistry, as_text
 from streams.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
 # (event id field, event time field, [(entity, key field, payload fields)]) of one source topic;
 # None: history only
-_TopicLayout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]] | None
-_new_tuple = tuple.__new__
+_Layout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
+_TopicLayout = _Layout | None
+# Batches submitted and not yet applied online: bounds the memory a slow store lets queue up.
+_MAX_IN_FLIGHT = 2
 
 
 class RoutedRecords:
@@ -84,7 +89,7 @@ class RoutedRecords:
         self._producer.flush(timeout)
 
 
-class _ApplyPartition(StatelessSinkPartition[Classified]):
+class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
     def __init__(
         self,
         settings: Settings,
@@ -108,56 +113,72 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
         )
         self._progress = progress
         self._layouts: dict[str, _TopicLayout] = {}
-        # One write in flight: Redis applies batch N while Python classifies batch N+1. Writes stay in
-        # order (one worker thread), and each batch's side-topic records are flushed before it is submitted.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
-        self._inflight: Future[None] | None = None
+        # A pipeline of three stages, each in order: Python classifies batch N+2 while ClickHouse inserts
+        # the history of N+1 and Redis applies N. A batch's online write waits for its history (the crash
+        # order above), and once a write fails no later batch is applied. Each batch's side-topic records
+        # are flushed before it is submitted.
+        self._history_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-writer")
+        self._online_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
+        self._inflight: deque[Future[None]] = deque()
+        self._failed = False
 
-    def write_batch(self, items: list[Classified]) -> None:
+    def write_batch(self, items: list[ClassifiedBatch]) -> None:
         batch = WriteBatch()
-        history: list[Classified] = []
+        history: list[tuple[str, pl.DataFrame]] = []
         keep_history = self._offline is not None
-        last: dict[tuple[str, int], Classified] = {}
+        last: dict[tuple[str, int], ClassifiedBatch] = {}
+        records = 0
         for item in items:
-            last[(item.raw.topic, item.raw.partition)] = item
-            if item.fate is Fate.APPLIED:
-                assert item.event is not None
-                topic = item.raw.topic
-                layout = self._layouts[topic] if topic in self._layouts else self._layout(topic)
-                if layout is None:
-                    counter = f"recorded:{topic}"
-                else:
-                    if self._materialize:
-                        batch.events.append(self._applied_event(item, layout))
-                    counter = "applied"
-                if keep_history:
-                    history.append(item)
-            else:
-                if self._routed is not None:
-                    self._routed.route(item)
-                if item.fate is Fate.LATE:
-                    counter = "late"
-                    if keep_history:
-                        history.append(item)
-                else:
-                    counter = f"malformed:{item.error_type}"
-            batch.counters[counter] = batch.counters.get(counter, 0) + 1
+            topic = item.topic
+            last[(topic, item.partition)] = item
+            records += item.records
+            if self._routed is not None:
+                for routed in item.routed:
+                    self._routed.route(routed)
+            layout = self._layouts[topic] if topic in self._layouts else self._layout(topic)
+            counters = dict(item.counters)
+            if layout is None:
+                applied = counters.pop("applied", 0)
+                if applied:
+                    counters[f"recorded:{topic}"] = applied
+            elif self._materialize:
+                batch.columns.append(_event_columns(item.applied, layout))
+            if keep_history and item.events.height:
+                history.append((topic, _history_frame(item)))
+            for name, n in counters.items():
+                batch.counters[name] = batch.counters.get(name, 0) + n
         if self._routed is not None:
             self._routed.flush()
         batch.checkpoints = [
-            PartitionCheckpoint(topic, partition, item.raw.offset + 1, item.max_event_time_ms)
+            PartitionCheckpoint(topic, partition, item.next_offset, item.max_event_time_ms)
             for (topic, partition), item in last.items()
         ]
-        self._wait_inflight()
-        self._inflight = self._writer.submit(self._persist, batch, history, len(items))
+        while len(self._inflight) >= _MAX_IN_FLIGHT:
+            self._inflight.popleft().result()
+        written = self._history_writer.submit(self._write_history, history)
+        self._inflight.append(self._online_writer.submit(self._apply_online, written, batch, records))
 
-    def _persist(self, batch: WriteBatch, history: list[Classified], records: int) -> None:
+    def _write_history(self, history: list[tuple[str, pl.DataFrame]]) -> None:
         if self._offline is not None and history:
             # History first: a crash after it re-reads the batch, and re-written offsets replace their rows.
             seq = self._sequence()
             now = int(time.time() * 1000)
-            self._offline.write_history(self._generation, [_history_event(i, seq, now) for i in history])
-        self._store.write(batch)
+            by_topic: dict[str, list[pl.DataFrame]] = {}
+            for topic, frame in history:
+                by_topic.setdefault(topic, []).append(frame)
+            for topic, frames in by_topic.items():
+                frame = frames[0] if len(frames) == 1 else pl.concat(frames)
+                self._offline.write_history_frame(self._generation, topic, frame, seq, now)
+
+    def _apply_online(self, written: Future[None], batch: WriteBatch, records: int) -> None:
+        if self._failed:
+            raise RuntimeError("an earlier batch failed to be written; not applying later ones")
+        try:
+            written.result()
+            self._store.write(batch)
+        except BaseException:
+            self._failed = True
+            raise
         self._committer.commit(
             offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in batch.checkpoints],
             asynchronous=True,
@@ -166,28 +187,8 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
             self._progress(records)
 
     def _wait_inflight(self) -> None:
-        if self._inflight is not None:
-            self._inflight.result()
-            self._inflight = None
-
-    def _applied_event(
-        self, item: Classified, layout: tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
-    ) -> AppliedEvent:
-        event = item.event
-        assert event is not None
-        id_field, time_field, entities = layout
-        # tuple.__new__ skips NamedTuple's generated __new__: this runs once per record and entity.
-        return _new_tuple(
-            AppliedEvent,
-            (
-                str(event[id_field]),
-                int(event[time_field]),
-                tuple(
-                    _new_tuple(EntityUpdate, (entity, str(event[key_field]), payload(event, fields)))
-                    for entity, key_field, fields in entities
-                ),
-            ),
-        )
+        while self._inflight:
+            self._inflight.popleft().result()
 
     def _layout(self, topic: str) -> _TopicLayout:
         """Which fields of ``topic``'s events make the id, the time and each entity's update."""
@@ -210,8 +211,11 @@ class _ApplyPartition(StatelessSinkPartition[Classified]):
     def close(self) -> None:
         if self._routed is not None:
             self._routed.flush()
-        self._wait_inflight()
-        self._writer.shutdown()
+        try:
+            self._wait_inflight()
+        finally:
+            self._history_writer.shutdown()
+            self._online_writer.shutdown()
         self._committer.close()
         if self._offline is not None:
             self._offline.close()
@@ -231,23 +235,31 @@ def _warn_about_unheld(generation: str, registry: FeatureRegistry, held: dict[st
         )
 
 
-def _history_event(item: Classified, apply_seq: int, ingested_at_ms: int) -> HistoryEvent:
-    raw = item.raw
-    assert item.event is not None
-    late = item.fate is Fate.LATE
-    return HistoryEvent(
-        raw.topic,
-        raw.partition,
-        raw.offset,
-        item.event,
-        ingested_at_ms,
-        late,
-        item.reason if late else "",
-        apply_seq,
+def _event_columns(applied: pl.DataFrame, layout: _Layout) -> EventColumns:
+    """The applied events of a batch as the online store takes them (ids, times, each entity's fields)."""
+    id_field, time_field, entities = layout
+    updates = []
+    for entity, key_field, fields in entities:
+        texts = [list(map(as_text, applied.get_column(name).to_list())) for name in fields]
+        updates.append((entity, _texts(applied.get_column(key_field)), list(zip(*texts, strict=True))))
+    return EventColumns(
+        _texts(applied.get_column(id_field)), applied.get_column(time_field).to_list(), updates
     )
 
 
-class ApplySink(DynamicSink[Classified]):
+def _texts(column: pl.Series) -> list[str]:
+    values = column.to_list()
+    return values if column.dtype == pl.String else list(map(str, values))
+
+
+def _history_frame(item: ClassifiedBatch) -> pl.DataFrame:
+    """The batch's valid events in the layout of :meth:`OfflineStore.write_history_frame`."""
+    return item.events.rename({OFFSET: "offset", LATE: "late", LATE_REASON: "late_reason"}).with_columns(
+        pl.lit(item.partition, pl.Int64()).alias("partition")
+    )
+
+
+class ApplySink(DynamicSink[ClassifiedBatch]):
     """Applies classified records to the online store and routes the rest (see module docstring)."""
 
     def __init__(

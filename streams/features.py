@@ -202,20 +202,20 @@ class FeatureRegistry:
 
 
 def payload(event: Mapping[str, Any], fields: Iterable[str]) -> tuple[str, ...]:
-    """``fields`` of ``event`` as the online store keeps them (see :func:`_as_text`).
+    """``fields`` of ``event`` as the online store keeps them (see :func:`as_text`).
 
     Example:
         >>> payload({"amount": 0.1, "merchant_id": "m-1"}, ("amount", "merchant_id"))
         ('0.1', 'm-1')
     """
-    return tuple(map(_as_text, map(event.__getitem__, fields)))
+    return tuple(map(as_text, map(event.__getitem__, fields)))
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """A field value as the online store keeps it: floats by ``repr`` (exact round trip), others by ``str``.
 
     Example:
-        >>> _as_text(0.1), _as_text(7), _as_text("m-1")
+        >>> as_text(0.1), as_text(7), as_text("m-1")
         ('0.1', '7', 'm-1')
     """
     return repr(value) if value.__class__ is float else str(value)

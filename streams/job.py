@@ -1,7 +1,7 @@
 """The stream job: events on the log to online features and history, as a Bytewax dataflow.
 
     transactions, fraud-labels (Kafka, per partition, from the online store's checkpoints)
-      -> classify (decode, validate, watermark, lateness; state per partition, batch at a time)
+      -> classify (decode, validate, watermark, lateness; state per partition, a batch as columns)
       -> apply (late -> late-events, malformed -> dead-letter; valid events -> history (ClickHouse),
                 then applied events + checkpoints -> online store (Redis))
 
@@ -28,14 +28,8 @@ from schemas.serde import AvroSerde
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.redis_online import RedisOnlineStore
 from streams.apply_sink import ApplySink
-from streams.event_time import (
-    NEVER_LATE,
-    Classified,
-    Classifier,
-    LatenessPolicy,
-    PartitionClock,
-    RawRecord,
-)
+from streams.classify_batch import BatchClassifier, ClassifiedBatch, RawBatch
+from streams.event_time import NEVER_LATE, LatenessPolicy, PartitionClock
 from streams.features import REGISTRY, FeatureRegistry
 from streams.kafka_source import KafkaPartitionSource, PartitionRange, read_ranges
 
@@ -55,7 +49,7 @@ def source_topics(settings: Settings, registry: FeatureRegistry = REGISTRY) -> l
 
 def classifiers(
     settings: Settings, topics: list[str], registry: FeatureRegistry = REGISTRY
-) -> dict[str, Classifier]:
+) -> dict[str, BatchClassifier]:
     """One classifier per topic: feature topics get the settings' lateness, history-only topics none."""
     serde = AvroSerde(settings.schema_registry_url)
     policy = LatenessPolicy(settings.stream.max_out_of_orderness_ms, settings.stream.allowed_lateness_ms)
@@ -63,9 +57,9 @@ def classifiers(
     for topic in topics:
         entities = registry.entities_of_topic(topic)
         if entities:
-            out[topic] = Classifier(serde, policy, entities[0].time_field)
+            out[topic] = BatchClassifier(serde, policy, entities[0].time_field)
         else:  # no online state to protect: every valid record goes to history
-            out[topic] = Classifier(serde, NEVER_LATE, HISTORY_TIME_FIELDS[topic])
+            out[topic] = BatchClassifier(serde, NEVER_LATE, HISTORY_TIME_FIELDS[topic])
     return out
 
 
@@ -80,17 +74,14 @@ def build_flow(
     by_topic = classifiers(settings, list(ranges), registry)
     partition_clocks = {key: PartitionClock(t) for key, t in clocks.items()}
 
-    def classify_batch(batch: list[RawRecord]) -> list[Classified]:
-        # Each Kafka partition is read by exactly one source partition on one worker, and a batch keeps
-        # its records in log order, so this per-partition state sees every partition's records in order.
-        out = []
-        for raw in batch:
-            key = (raw.topic, raw.partition)
-            clock = partition_clocks.get(key)
-            if clock is None:
-                clock = partition_clocks[key] = PartitionClock(None)
-            out.append(by_topic[raw.topic].classify(clock, raw))
-        return out
+    def classify(batch: RawBatch) -> ClassifiedBatch:
+        # Each Kafka partition is read by exactly one source partition on one worker, in log order, so
+        # this per-partition state sees every partition's records in order.
+        key = (batch.topic, batch.partition)
+        clock = partition_clocks.get(key)
+        if clock is None:
+            clock = partition_clocks[key] = PartitionClock(None)
+        return by_topic[batch.topic].classify(clock, batch)
 
     flow = Dataflow("highwater-features")
     inputs = [
@@ -98,7 +89,7 @@ def build_flow(
         for topic, topic_ranges in ranges.items()
     ]
     records = inputs[0] if len(inputs) == 1 else op.merge("records", *inputs)
-    values = op.flat_map_batch("classify", records, classify_batch)
+    values = op.map("classify", records, classify)
     op.output("apply", values, ApplySink(settings, registry, progress))
     return flow
 

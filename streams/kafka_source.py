@@ -23,9 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from highwater.settings import Settings
 from highwater.topics import partitions_of
-from streams.event_time import RawRecord
-
-_new_tuple = tuple.__new__
+from streams.classify_batch import RawBatch
 
 _IDLE_BACKOFF = timedelta(milliseconds=5)
 
@@ -106,7 +104,7 @@ def read_ranges(
     return ranges
 
 
-class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
+class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, settings: Settings, topic: str, partition: int, span: PartitionRange) -> None:
         self._topic = topic
         self._partition = partition
@@ -127,7 +125,7 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
         start = span.start if span.start >= 0 else OFFSET_BEGINNING
         self._consumer.assign([TopicPartition(topic, partition, start)])
 
-    def next_batch(self) -> list[RawRecord]:
+    def next_batch(self) -> list[RawBatch]:
         if self._end is not None and self._next >= self._end:
             raise StopIteration()
         # Never block (Bytewax's contract): one worker polls every partition in turn, so a wait here
@@ -135,17 +133,23 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
         # back off a little when a partition is idle.
         messages = self._consumer.consume(self._batch_size, 0)
         self._awake = None if messages else datetime.now(UTC) + _IDLE_BACKOFF
-        batch: list[RawRecord] = []
-        topic, partition = self._topic, self._partition
+        offsets: list[int] = []
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        end = self._end
         for message in data_messages(messages):
             offset = message.offset()
             assert offset is not None  # set on every message without an error
-            if self._end is not None and offset >= self._end:
+            if end is not None and offset >= end:
                 continue
-            # tuple.__new__ skips NamedTuple's generated __new__, which costs more than the rest of the loop.
-            batch.append(_new_tuple(RawRecord, (topic, partition, offset, message.key(), message.value())))
-            self._next = offset + 1
-        return batch
+            offsets.append(offset)
+            keys.append(message.key())
+            values.append(message.value())
+        if not offsets:
+            return []
+        self._next = offsets[-1] + 1
+        # One item per poll: the records travel as columns (see streams.classify_batch).
+        return [RawBatch(self._topic, self._partition, offsets, keys, values)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -157,7 +161,7 @@ class _PartitionReader(StatefulSourcePartition[RawRecord, int]):
         self._consumer.close()
 
 
-class KafkaPartitionSource(FixedPartitionedSource[RawRecord, int]):
+class KafkaPartitionSource(FixedPartitionedSource[RawBatch, int]):
     """Reads every partition of ``topic`` from the given start offsets (default: the beginning)."""
 
     def __init__(

@@ -12,6 +12,7 @@ from sinks.online import (
     AppliedEvent,
     AsOfTooOldError,
     EntityUpdate,
+    EventColumns,
     FeatureNotHeldError,
     FeatureValue,
     NoClockError,
@@ -188,3 +189,60 @@ def test_a_generation_refuses_features_its_recorded_layout_cannot_hold(
         reader.read("device", ["d1"], [newer.name], T0)
     assert reader.read("card", ["c1"], ["card_txn_count_1h"], T0).rows[0]["card_txn_count_1h"].value == 1
     assert reader.layouts() == writer.layouts(), "a later writer must keep the recorded layout"
+
+
+def _as_columns(events: list[AppliedEvent]) -> EventColumns:
+    """The same events as columns (every event here updates the same entities in the same order)."""
+    entities = [u.entity for u in events[0].updates]
+    return EventColumns(
+        [e.event_id for e in events],
+        [e.event_time_ms for e in events],
+        [
+            (entity, [e.updates[k].entity_id for e in events], [e.updates[k].fields for e in events])
+            for k, entity in enumerate(entities)
+        ],
+    )
+
+
+def _generation_state(client: redis.Redis, generation: str) -> dict[str, object]:
+    state: dict[str, object] = {}
+    for key in client.scan_iter(match=f"hw:{generation}:*"):
+        name = key.decode().split(":", 2)[2]
+        kind = client.type(key).decode()
+        if kind == "zset":
+            state[name] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "hash":
+            state[name] = client.hgetall(key)
+        else:
+            state[name] = client.get(key)
+    return state
+
+
+def test_columns_write_exactly_what_events_write(stack: Settings, redis_client: redis.Redis) -> None:
+    """The stream job writes columns (EventColumns); they must leave the state events leave, duplicates
+    within and across batches included."""
+
+    def both(txn: str, card: str, merchant: str, at: int, amount: float) -> AppliedEvent:
+        record = {"card_id": card, "merchant_id": merchant, "amount": amount}
+        return AppliedEvent(
+            txn,
+            at,
+            (
+                EntityUpdate("card", card, REGISTRY.payload_of("card", record)),
+                EntityUpdate("merchant", merchant, REGISTRY.payload_of("merchant", record)),
+            ),
+        )
+
+    first = [both(f"t{i}", f"c{i % 3}", f"m{i % 2}", T0 + i * 1000, 0.1 * i) for i in range(20)]
+    first.append(both("t4", "c9", "m9", T0 + 99, 9.0))  # a second copy in the same batch
+    second = [both("t7", "c1", "m1", T0, 1.0), both("t50", "c1", "m0", T0 + HOUR, 2.5)]
+    checkpoint = [PartitionCheckpoint("transactions", 0, 21, T0 + 19_000)]
+    by_events, by_columns = _store(stack, "rows"), _store(stack, "cols")
+    by_events.write(WriteBatch(first, checkpoint, {"applied": 21}))
+    by_events.write(WriteBatch(second))
+    by_columns.write(WriteBatch([], checkpoint, {"applied": 21}, [_as_columns(first)]))
+    by_columns.write(WriteBatch(columns=[_as_columns(second)]))
+    rows = _generation_state(redis_client, "rows")
+    assert rows == _generation_state(redis_client, "cols")
+    assert by_columns.counters()["duplicates"] == 2
+    assert len(rows) > 5
