@@ -162,17 +162,18 @@ class PartitionCheckpoint:
 class EventColumns(NamedTuple):
     """Applied events as columns: what a list of :class:`AppliedEvent` says, one list per attribute.
 
-    ``updates``: per entity, ``(entity, each event's entity id, each event's fields)``. The stream job
-    builds these straight from its decoded columns, which spares a Python object per event and entity.
+    ``updates``: per entity, ``(entity, each event's entity id, the entity's fields as columns)``: the
+    k-th column holds every event's k-th field. The stream job builds these straight from its decoded
+    columns, which spares Python objects per event and entity.
 
     Example:
-        >>> columns = EventColumns(["t1", "t2"], [1000, 2000], [("card", ["c1", "c1"], [("5.0",), ("7.5",)])])
+        >>> columns = EventColumns(["t1", "t2"], [1000, 2000], [("card", ["c1", "c1"], [["5.0", "7.5"]])])
         >>> store.write(WriteBatch(columns=[columns]))  # doctest: +SKIP
     """
 
     event_ids: Sequence[str]
     event_times_ms: Sequence[int]
-    updates: Sequence[tuple[str, Sequence[str], Sequence[tuple[str, ...]]]]
+    updates: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]]
 
 
 @dataclass

@@ -19,11 +19,11 @@ so variadic calls go in chunks of ``CHUNK``.
 APPLY_BATCH = r"""
 -- KEYS: checkpoints hash, clock string, counters hash, seen zset, then one events zset per entity id
 -- ARGV: ttl_ms, trim_before, n_events, the n event ids, their n event times,
---       n_keys, per key: n_entries, the entries' event indexes (from 1, in the events' order), then
---       [score (event time), member] * n_entries;
+--       n_keys, per key: n_entries, then [score (event time), member] * n_entries;
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
--- Every value is its own argument: Redis hands the script its arguments as strings, so nothing needs
--- parsing here, and a key's entries go to ZADD straight from ARGV when no event of the batch is skipped.
+-- A member is its event's id, then 0x1f and the entity's fields. Every value is its own argument, so
+-- nothing is parsed here, and a key's entries go to ZADD straight from ARGV when no event of the
+-- batch is skipped (the usual case).
 local CHUNK = 1000
 local ttl, trim_arg = ARGV[1], ARGV[2]
 local trim = tonumber(trim_arg)
@@ -32,11 +32,11 @@ local n = tonumber(ARGV[3])
 local ids0, times0 = 3, 3 + n  -- event i: id ARGV[ids0 + i], time ARGV[times0 + i]
 -- An event is skipped whole when it is older than the kept horizon (no servable read reaches it) or
 -- its id was applied before (first wins).
-local skip, skipping, duplicates, beyond = {}, false, 0, 0
+local skipped, skipping, duplicates, beyond = {}, false, 0, 0
 local kept = {}
 for i = 1, n do
   if tonumber(ARGV[times0 + i]) < trim then
-    skip[i] = true; skipping = true; beyond = beyond + 1
+    skipped[ARGV[ids0 + i]] = true; skipping = true; beyond = beyond + 1
   else
     kept[#kept + 1] = i
   end
@@ -50,7 +50,7 @@ for c = 1, #kept, CHUNK do
   for j = c, last do
     local i = kept[j]
     if scores[j - c + 1] then
-      skip[i] = true; skipping = true; duplicates = duplicates + 1
+      skipped[ARGV[ids0 + i]] = true; skipping = true; duplicates = duplicates + 1
     else
       added[#added + 1] = ARGV[times0 + i]; added[#added + 1] = ARGV[ids0 + i]
     end
@@ -64,7 +64,7 @@ local n_keys = tonumber(ARGV[a]); a = a + 1
 for k = 1, n_keys do
   local key = KEYS[4 + k]
   local m = tonumber(ARGV[a])
-  local indexes0, scored0 = a, a + m + 1  -- entry j: index ARGV[indexes0 + j], pair at scored0 + 2(j-1)
+  local scored0 = a + 1  -- entry j (from 0): score ARGV[scored0 + 2j], member ARGV[scored0 + 2j + 1]
   if not skipping then
     for c = 0, m - 1, CHUNK do
       local last = math.min(m - 1, c + CHUNK - 1)
@@ -72,10 +72,12 @@ for k = 1, n_keys do
     end
   else
     local members = {}
-    for j = 1, m do
-      if not skip[tonumber(ARGV[indexes0 + j])] then
-        members[#members + 1] = ARGV[scored0 + 2 * (j - 1)]
-        members[#members + 1] = ARGV[scored0 + 2 * (j - 1) + 1]
+    for j = 0, m - 1 do
+      local member = ARGV[scored0 + 2 * j + 1]
+      local cut = string.find(member, '\31', 1, true)
+      if not skipped[cut and string.sub(member, 1, cut - 1) or member] then
+        members[#members + 1] = ARGV[scored0 + 2 * j]
+        members[#members + 1] = member
       end
     end
     for c = 1, #members, 2 * CHUNK do

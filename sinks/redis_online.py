@@ -92,6 +92,10 @@ class KeyLayout:
         """The events of one entity id."""
         return f"{self._events}{entity}:{entity_id}}}"
 
+    def events_prefix(self, entity: str) -> str:
+        """What every one of ``entity``'s events keys starts with: ``events(e, i) == prefix + i + "}"``."""
+        return f"{self._events}{entity}:"
+
 
 class RedisOnlineStore:
     """The online store on Redis; see the module docstring for layout and guarantees."""
@@ -177,19 +181,9 @@ class RedisOnlineStore:
         events_key = self.keys.events
         event_ids: list[str] = []
         event_times: list[int] = []
-        # per events key: the entries' event indexes (from 1, in event_ids order), their [score, member]s
-        by_key: dict[str, tuple[list[int], list[str | int]]] = {}
+        by_key: dict[str, list[str | int]] = {}  # per events key: [score (event time), member] * n
         first_seen: set[str] = set()
         repeated = 0
-
-        def add_entry(key: str, index: int, event_time: int, member: str) -> None:
-            entries = by_key.get(key)
-            if entries is None:
-                by_key[key] = ([index], [event_time, member])
-            else:
-                entries[0].append(index)
-                entries[1].extend((event_time, member))
-
         for event in batch.events:
             event_id = event.event_id
             if event_id in first_seen:  # a second copy in the same batch: the script cannot tell
@@ -200,32 +194,42 @@ class RedisOnlineStore:
             event_times.append(event.event_time_ms)
             for update in event.updates:
                 member = FIELD_SEPARATOR.join((event_id, *update.fields))
-                add_entry(
-                    events_key(update.entity, update.entity_id), len(event_ids), event.event_time_ms, member
-                )
+                key = events_key(update.entity, update.entity_id)
+                entries = by_key.get(key)
+                if entries is None:
+                    by_key[key] = [event.event_time_ms, member]
+                else:
+                    entries += (event.event_time_ms, member)
         for block in batch.columns:
-            indexes: list[int] = []  # per event: its index, or 0 for a repeated copy
+            fresh: list[bool] = []  # per event: False for a repeated copy
             for event_id, event_time in zip(block.event_ids, block.event_times_ms, strict=True):
                 if event_id in first_seen:
                     repeated += 1
-                    indexes.append(0)
+                    fresh.append(False)
                     continue
                 first_seen.add(event_id)
                 event_ids.append(event_id)
                 event_times.append(event_time)
-                indexes.append(len(event_ids))
-            for entity, entity_ids, fields in block.updates:
-                for index, event_id, event_time, entity_id, values in zip(
-                    indexes, block.event_ids, block.event_times_ms, entity_ids, fields, strict=True
+                fresh.append(True)
+            for entity, entity_ids, columns in block.updates:
+                members = [
+                    FIELD_SEPARATOR.join(fields) for fields in zip(block.event_ids, *columns, strict=True)
+                ]
+                prefix = self.keys.events_prefix(entity)
+                for new, event_time, entity_id, member in zip(
+                    fresh, block.event_times_ms, entity_ids, members, strict=True
                 ):
-                    if index:
-                        member = FIELD_SEPARATOR.join((event_id, *values))
-                        add_entry(events_key(entity, entity_id), index, event_time, member)
+                    if new:
+                        key = f"{prefix}{entity_id}}}"
+                        entries = by_key.get(key)
+                        if entries is None:
+                            by_key[key] = [event_time, member]
+                        else:
+                            entries += (event_time, member)
         keys = [self.keys.checkpoints, self.keys.clock, self.keys.counters, self.keys.seen, *by_key]
         args: list[str | int] = [self._ttl_ms, trim, len(event_ids), *event_ids, *event_times, len(by_key)]
-        for entry_indexes, scored in by_key.values():
-            args.append(len(entry_indexes))
-            args += entry_indexes
+        for scored in by_key.values():
+            args.append(len(scored) // 2)
             args += scored
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:

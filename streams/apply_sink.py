@@ -240,11 +240,27 @@ def _event_columns(applied: pl.DataFrame, layout: _Layout) -> EventColumns:
     id_field, time_field, entities = layout
     updates = []
     for entity, key_field, fields in entities:
-        texts = [list(map(as_text, applied.get_column(name).to_list())) for name in fields]
-        updates.append((entity, _texts(applied.get_column(key_field)), list(zip(*texts, strict=True))))
+        columns = [_field_texts(applied.get_column(name)) for name in fields]
+        updates.append((entity, _texts(applied.get_column(key_field)), columns))
     return EventColumns(
         _texts(applied.get_column(id_field)), applied.get_column(time_field).to_list(), updates
     )
+
+
+def _field_texts(column: pl.Series) -> list[str]:
+    """A field's values as :func:`~streams.features.as_text` writes them (text columns as they are)."""
+    if column.dtype == pl.String:
+        return column.fill_null("None").to_list()  # as_text(None) is "None"
+    if column.dtype == pl.Float64:
+        # polars prints a double as repr() does wherever repr() uses positional notation
+        # (1e-4 <= |x| < 1e16, and zeros); the few others, and nulls, go through as_text.
+        size = column.abs()
+        positional = (((size >= 1e-4) & (size < 1e16)) | (column == 0)).fill_null(False)
+        texts: list[str] = column.cast(pl.String).to_list()
+        for i in (~positional).arg_true().to_list():
+            texts[i] = as_text(column[i])
+        return texts
+    return list(map(as_text, column.to_list()))
 
 
 def _texts(column: pl.Series) -> list[str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 
 from schemas.batch_decode import ROW, BatchDecoder
@@ -146,13 +147,13 @@ class BatchClassifier:
             routed.append(self._malformed(clock, raw, row, malformed))
 
         offsets = raw.offsets
+        n_late = sum(late)
         events = frame.with_columns(
-            pl.Series(OFFSET, [offsets[row] for row in rows], pl.Int64()),
-            pl.Series(LATE, late, pl.Boolean()),
-            pl.Series(LATE_REASON, reasons, pl.String()),
+            pl.Series(OFFSET, np.asarray(offsets, np.int64)[np.asarray(rows, np.intp)]),
+            pl.Series(LATE, late, pl.Boolean()) if n_late else pl.lit(False).alias(LATE),
+            pl.Series(LATE_REASON, reasons, pl.String()) if n_late else pl.lit("").alias(LATE_REASON),
         ).drop(ROW)
         counters: dict[str, int] = {}
-        n_late = sum(late)
         if len(rows) - n_late:
             counters["applied"] = len(rows) - n_late
         if n_late:

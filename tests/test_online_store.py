@@ -198,7 +198,11 @@ def _as_columns(events: list[AppliedEvent]) -> EventColumns:
         [e.event_id for e in events],
         [e.event_time_ms for e in events],
         [
-            (entity, [e.updates[k].entity_id for e in events], [e.updates[k].fields for e in events])
+            (
+                entity,
+                [e.updates[k].entity_id for e in events],
+                [list(column) for column in zip(*(e.updates[k].fields for e in events), strict=True)],
+            )
             for k, entity in enumerate(entities)
         ],
     )
