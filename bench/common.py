@@ -43,6 +43,7 @@ from highwater.bootstrap import bootstrapped_stack
 from highwater.progress import progress_bar
 from highwater.settings import Settings
 from highwater.stack.env import isolated_settings, settings_env
+from schemas.batch_decode import BatchDecoder
 from schemas.catalog import TRANSACTIONS
 from schemas.serde import AvroSerde
 from streams.kafka_source import data_messages
@@ -357,10 +358,16 @@ RAW_STALL_S = 30.0
 
 
 def raw_consume_decode(
-    settings: Settings, spans: Mapping[tuple[str, int], tuple[int, int]], label: str
+    settings: Settings,
+    spans: Mapping[tuple[str, int], tuple[int, int]],
+    label: str,
+    batch_decode: bool = False,
 ) -> tuple[int, float]:
     """The same-run baseline of the stream benchmarks: read every ``(topic, partition)`` from ``low`` to
     ``high`` (``spans``) with one plain consumer and Avro-decode each value; returns (records, seconds).
+
+    ``batch_decode``: decode each ``consume()`` result per topic with
+    :class:`schemas.batch_decode.BatchDecoder` (the stream job's decoder) instead of record by record.
 
     The writer schemas are looked up before the clock starts (a registry call is not what is measured).
     Raises RuntimeError if no record arrives for :data:`RAW_STALL_S` seconds before the end is reached.
@@ -370,6 +377,7 @@ def raw_consume_decode(
         (1000, 0.02)
     """
     serde = AvroSerde(settings.schema_registry_url)
+    decoder = BatchDecoder(serde)
     for topic in sorted({topic for topic, _ in spans}):
         serde.writer_schema(serde.register(topic))
     consumer = Consumer(
@@ -395,12 +403,18 @@ def raw_consume_decode(
                         )
                     continue
                 last_progress = now
+                values: dict[str, list[bytes | None]] = {}
                 for message in data_messages(messages):
                     topic, partition, offset = message.topic(), message.partition(), message.offset()
                     assert topic is not None and partition is not None and offset is not None
-                    serde.decode(topic, message.value())
+                    if batch_decode:
+                        values.setdefault(topic, []).append(message.value())
+                    else:
+                        serde.decode(topic, message.value())
                     if offset + 1 >= spans[(topic, partition)][1]:
                         remaining.discard((topic, partition))
+                for topic, topic_values in values.items():
+                    decoder.decode(topic, topic_values)
                 done += len(messages)
                 advance(len(messages))
             elapsed = time.perf_counter() - started

@@ -90,8 +90,8 @@ def main() -> None:
     notes = [
         "The replay is the stream job itself with a generation of its own (keys, tables, consumer group), "
         "larger batches (stream.replay_batch_size) and no second routing of late and malformed records, so "
-        "it does per record what the live job does and runs at about its rate: a replay-specific (bulk, "
-        "columnar) path does not exist yet.",
+        "it does what the live job does, batch by batch as columns (streams.classify_batch), and runs at "
+        "about its rate: a replay-specific path (skipping what a rebuild does not need) does not exist yet.",
         *(f"verify difference: {e}" for e in examples),
         "Both runs write history to the local ClickHouse part (chDB behind its HTTP interface) before "
         "each online batch, and share the machine's 2 CPUs with the broker, Redis and that part.",
