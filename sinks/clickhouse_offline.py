@@ -173,23 +173,24 @@ class ClickHouseOfflineStore:
         for event in events:
             by_topic.setdefault(event.topic, []).append(event)
         for topic, rows in by_topic.items():
-            kind = _TABLE_OF_TOPIC.get(topic)
-            if kind is None:
-                raise ValueError(f"no history table for topic {topic!r}")
-            self._client.insert_arrow(table_name(self.database, kind, generation), _arrow_rows(topic, rows))
+            self._insert_history(generation, topic, _rows_frame(topic, rows))
 
     def write_history_frame(
         self, generation: str, topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms: int
     ) -> None:
         """Insert ``topic``'s events in ``frame`` (see :meth:`OfflineStore.write_history_frame`)."""
+        if frame.height:
+            stamped = frame.with_columns(
+                pl.lit(apply_seq, pl.UInt64()).alias("apply_seq"),
+                pl.lit(ingested_at_ms, pl.Int64()).alias("ingested_at"),
+            )
+            self._insert_history(generation, topic, stamped)
+
+    def _insert_history(self, generation: str, topic: str, frame: pl.DataFrame) -> None:
         kind = _TABLE_OF_TOPIC.get(topic)
         if kind is None:
             raise ValueError(f"no history table for topic {topic!r}")
-        if frame.height:
-            self._client.insert_arrow(
-                table_name(self.database, kind, generation),
-                _arrow_frame(topic, frame, apply_seq, ingested_at_ms),
-            )
+        self._client.insert_arrow(table_name(self.database, kind, generation), _history_table(topic, frame))
 
     # --- reading ------------------------------------------------------------------------------------
     def tables(self, generation: str) -> dict[str, str]:
@@ -211,26 +212,36 @@ class ClickHouseOfflineStore:
         self._client.close()
 
 
-def _arrow_rows(topic: str, rows: Sequence[HistoryEvent]) -> pa.Table:
-    columns: dict[str, pa.Array] = {
-        "topic": pa.array([r.topic for r in rows], pa.string()),
-        "partition": pa.array([r.partition for r in rows], pa.uint32()),
-        "offset": pa.array([r.offset for r in rows], pa.uint64()),
+def _rows_frame(topic: str, rows: Sequence[HistoryEvent]) -> pl.DataFrame:
+    """``rows`` as the frame :func:`_history_table` takes (timestamps as epoch milliseconds)."""
+    columns: dict[str, list[Any]] = {
+        "partition": [r.partition for r in rows],
+        "offset": [r.offset for r in rows],
+        "late": [r.late for r in rows],
+        "late_reason": [r.late_reason for r in rows],
+        "apply_seq": [r.apply_seq for r in rows],
+        "ingested_at": [r.ingested_at_ms for r in rows],
+    }
+    schema: dict[str, pl.DataType] = {
+        "partition": pl.Int64(),
+        "offset": pl.Int64(),
+        "late": pl.Boolean(),
+        "late_reason": pl.String(),
+        "apply_seq": pl.UInt64(),
+        "ingested_at": pl.Int64(),
     }
     for name, kind in _EVENT_FIELDS[topic]:
-        columns[name] = pa.array([r.event.get(name) for r in rows], kind)
-    if topic == TRANSACTIONS:
-        columns["late"] = pa.array([r.late for r in rows], pa.bool_())
-        columns["late_reason"] = pa.array([r.late_reason for r in rows], pa.string())
-        columns["apply_seq"] = pa.array([r.apply_seq for r in rows], pa.uint64())
-    columns["ingested_at"] = pa.array([r.ingested_at_ms for r in rows], _TS)
-    return pa.table(columns)
+        columns[name] = [r.event.get(name) for r in rows]
+        schema[name] = pl.Int64() if kind == _TS else _POLARS_TYPES[kind]
+    return pl.DataFrame(columns, schema=schema)
 
 
-def _arrow_frame(topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms: int) -> pa.Table:
-    """The history rows of ``frame``'s events, in the layout :func:`_arrow_rows` gives.
+def _history_table(topic: str, frame: pl.DataFrame) -> pa.Table:
+    """The history rows of ``frame``'s events in their table's Arrow layout.
 
-    Built in polars: creating a table in pyarrow imports pandas on first use (seconds at start-up).
+    ``frame``: the topic's event fields, ``partition``, ``offset``, ``late``, ``late_reason``,
+    ``apply_seq`` and ``ingested_at`` (epoch milliseconds). Built in polars: creating a table in pyarrow
+    imports pandas on first use (seconds at start-up).
     """
     columns = [
         pl.lit(topic, pl.String()).alias("topic"),
@@ -243,7 +254,7 @@ def _arrow_frame(topic: str, frame: pl.DataFrame, apply_seq: int, ingested_at_ms
         columns += [
             pl.col("late").cast(pl.Boolean()),
             pl.col("late_reason").cast(pl.String()),
-            pl.lit(apply_seq, pl.UInt64()).alias("apply_seq"),
+            pl.col("apply_seq").cast(pl.UInt64()),
         ]
-    columns.append(pl.lit(ingested_at_ms, pl.Int64()).cast(_POLARS_TS).alias("ingested_at"))
+    columns.append(pl.col("ingested_at").cast(pl.Int64()).cast(_POLARS_TS))
     return frame.select(columns).to_arrow()
