@@ -153,8 +153,7 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
             PartitionCheckpoint(topic, partition, item.next_offset, item.max_event_time_ms)
             for (topic, partition), item in last.items()
         ]
-        while len(self._inflight) >= _MAX_IN_FLIGHT:
-            self._inflight.popleft().result()
+        self._wait_inflight(keep=_MAX_IN_FLIGHT - 1)
         written = self._history_writer.submit(self._write_history, history)
         self._inflight.append(self._online_writer.submit(self._apply_online, written, batch, records))
 
@@ -186,8 +185,9 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         if self._progress is not None:
             self._progress(records)
 
-    def _wait_inflight(self) -> None:
-        while self._inflight:
+    def _wait_inflight(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` batches are still being written (raising a write's error)."""
+        while len(self._inflight) > keep:
             self._inflight.popleft().result()
 
     def _layout(self, topic: str) -> _TopicLayout:
