@@ -149,7 +149,7 @@ local position = {}
 for i, name in ipairs(layout.fields) do position[name] = i end
 local n_fields = #layout.fields
 local nf = tonumber(ARGV[a0 + 4])
-local specs, max_w, needs_fields = {}, 0, false
+local specs, max_w = {}, 0
 local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
 for i = 1, nf do
   local base = a0 + 5 + 3 * (i - 1)
@@ -163,7 +163,6 @@ for i = 1, nf do
   specs[i] = {agg, w, fi}
   if w > max_w then max_w = w end
   if fi > 0 then
-    needs_fields = true
     if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
   end
 end
@@ -178,9 +177,24 @@ else
     return {'too_old', ARGV[a0 + 1], clock, gen}
   end
 end
--- One pattern captures every field of a member (event id first) in one call per event.
-local pattern = '^[^\31]*' .. string.rep('\31([^\31]*)', n_fields) .. '$'
+-- Counts come from ZCOUNT and the latest event from one ZREVRANGEBYSCORE, so they cost O(log n) per id;
+-- only features that fold a field fetch members (without scores: a window is a suffix of the widest
+-- one, its length the window's count), and each field is parsed once, over the widest window that
+-- folds it. A busy entity's request costs its members once, not once per feature.
 local function num(x) return string.format('%.17g', x) end
+local function field_pattern(fi) return '^[^\31]*' .. string.rep('\31[^\31]*', fi - 1) .. '\31([^\31]*)' end
+local as_of_arg = num(as_of)
+local widths, lo_arg, field_w, widest_of = {}, {}, 0, {}
+for i = 1, nf do
+  local w, fi = specs[i][2], specs[i][3]
+  if not lo_arg[w] then widths[#widths + 1] = w; lo_arg[w] = '(' .. num(as_of - w) end
+  if fi > 0 then
+    if w > field_w then field_w = w end
+    if not widest_of[fi] or w > widest_of[fi] then widest_of[fi] = w end
+  end
+end
+local patterns = {}
+for fi in pairs(widest_of) do patterns[fi] = field_pattern(fi) end
 local out = {'ok', string.format('%d', as_of), clock or '', gen}
 local pb = a0 + 5 + 3 * nf  -- where the pending event's arguments start, if any
 local p_id, p_time, p_of, p_member = ARGV[pb], nil, nil, nil
@@ -207,61 +221,68 @@ local function bytes_before(a, b)
   end
   return #a < #b
 end
+local match = string.match
 local events = prefix .. ':ev:{' .. entity .. ':'
 for k = 1, n_ids do
   local key = events .. ARGV[3 + k] .. '}'
-  local rows = redis.call('ZRANGEBYSCORE', key, '(' .. num(as_of - max_w), num(as_of), 'WITHSCORES')
-  if p_member and ARGV[3 + k] == p_of then
-    -- The rows after the pending event are a suffix: (later time) or (same time, greater member).
-    local at, p_head = #rows / 2 + 1, p_id .. '\31'
-    for j = #rows / 2, 1, -1 do
-      local t = tonumber(rows[2 * j])
-      if t < p_time then break end
-      local m = rows[2 * j - 1]
-      if t == p_time and (m == p_id or string.sub(m, 1, #p_head) == p_head) then at = nil; break end
-      if t > p_time or bytes_before(p_member, m) then at = j end
-    end
-    if at then
-      table.insert(rows, 2 * at - 1, p_member)
-      table.insert(rows, 2 * at, ARGV[pb + 1])
-    end
+  local counts = {}
+  for _, w in ipairs(widths) do counts[w] = redis.call('ZCOUNT', key, lo_arg[w], as_of_arg) end
+  local latest = nil
+  if nf > 0 and counts[max_w] > 0 then
+    local newest = redis.call('ZREVRANGEBYSCORE', key, as_of_arg, lo_arg[max_w], 'WITHSCORES', 'LIMIT', 0, 1)
+    latest = tonumber(newest[2])
   end
-  local n = #rows / 2
-  local times, columns = {}, {}
-  for fi = 1, n_fields do columns[fi] = {} end
-  for j = 1, n do
-    times[j] = tonumber(rows[2 * j])
-    if needs_fields then
-      local fields = {string.match(rows[2 * j - 1], pattern)}
-      for fi = 1, n_fields do
-        if numeric[fi] then columns[fi][j] = tonumber(fields[fi])
-        elseif textual[fi] then columns[fi][j] = fields[fi] end
+  local rows = {}
+  if field_w > 0 and counts[field_w] > 0 then
+    rows = redis.call('ZRANGEBYSCORE', key, lo_arg[field_w], as_of_arg)
+  end
+  if p_member and ARGV[3 + k] == p_of then
+    -- Applied already if a member with its time carries its id; else it goes after the members of its
+    -- time that sort before it, as a sorted set would place it.
+    local time_arg, p_head, before, applied = num(p_time), p_id .. '\31', 0, false
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, time_arg, time_arg)) do
+      if m == p_id or string.sub(m, 1, #p_head) == p_head then applied = true; break end
+      if bytes_before(m, p_member) then before = before + 1 end
+    end
+    if not applied then
+      for _, w in ipairs(widths) do if p_time > as_of - w then counts[w] = counts[w] + 1 end end
+      if not latest or p_time > latest then latest = p_time end
+      if p_time > as_of - field_w then
+        local earlier = redis.call('ZCOUNT', key, lo_arg[field_w], '(' .. time_arg)
+        table.insert(rows, earlier + before + 1, p_member)
       end
     end
   end
+  local n = #rows
+  local columns = {}
+  for fi, w in pairs(widest_of) do
+    local column, pattern = {}, patterns[fi]
+    if numeric[fi] then
+      for j = n - counts[w] + 1, n do column[j] = tonumber(match(rows[j], pattern)) end
+    else
+      for j = n - counts[w] + 1, n do column[j] = match(rows[j], pattern) end
+    end
+    columns[fi] = column
+  end
+  local last = latest and string.format('%d', latest) or ''
   for i = 1, nf do
     local agg, w, fi = specs[i][1], specs[i][2], specs[i][3]
-    local lo = as_of - w
-    local first = n + 1
-    for j = n, 1, -1 do if times[j] > lo then first = j else break end end
-    local count = n - first + 1
-    local last = ''
-    if count > 0 then last = string.format('%d', times[n]) end
+    local count = counts[w]
     local value = ''
     if agg == 'count' then
       value = string.format('%d', count)
     elseif agg == 'seconds_since_last' then
-      if count > 0 then value = num((as_of - times[n]) / 1000) end
+      if count > 0 then value = num((as_of - latest) / 1000) end
     elseif agg == 'distinct_count' then
       local column, seen, d = columns[fi], {}, 0
-      for j = first, n do
+      for j = n - count + 1, n do
         local v = column[j]
         if not seen[v] then seen[v] = true; d = d + 1 end
       end
       value = string.format('%d', d)
     else
       local column, sum, mx = columns[fi], 0, nil
-      for j = first, n do
+      for j = n - count + 1, n do
         local v = column[j]
         sum = sum + v
         if mx == nil or v > mx then mx = v end
@@ -272,7 +293,7 @@ for k = 1, n_ids do
       else return redis.error_reply('unknown aggregation ' .. agg) end
     end
     out[#out + 1] = value
-    out[#out + 1] = last
+    out[#out + 1] = count > 0 and last or ''
   end
 end
 return out

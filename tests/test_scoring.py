@@ -307,6 +307,24 @@ def test_a_pending_event_reads_as_it_will_once_applied_ties_ordered_by_member(wo
     assert store.read("card", ["c1"], CARD_NAMES, T0 + 1, other).rows[0]["card_txn_count_5m"].value == 3
 
 
+def test_a_pending_event_between_applied_ties_is_summed_in_its_place(world: World) -> None:
+    store = _store(world)
+    # An earlier event, then ties "a" and "z": the pending "m" folds third. Every other place gives 3.9.
+    earlier, tie_a, tie_z = (
+        _card_event("e", "c1", T0 - MIN, 0.1),
+        _card_event("a", "c1", T0, 0.2),
+        _card_event("z", "c1", T0, 0.3),
+    )
+    store.write(WriteBatch([earlier, tie_a, tie_z]))
+    pending = _pending_event("m", "c1", T0, 3.3)
+    names = ["card_amount_sum_1h", "card_amount_sum_24h", "card_txn_count_5m"]
+    row = store.read("card", ["c1"], names, T0, pending).rows[0]
+    assert [row[n].value for n in names] == [0.1 + 0.2 + 3.3 + 0.3, 0.1 + 0.2 + 3.3 + 0.3, 4]
+    assert row["card_amount_sum_1h"].value == 3.8999999999999995
+    store.write(WriteBatch([_card_event("m", "c1", T0, 3.3)]))
+    assert store.read("card", ["c1"], names, T0).rows[0] == row
+
+
 def test_a_pending_event_counts_only_inside_the_window(world: World) -> None:
     store = _store(world)
     store.write(WriteBatch([_card_event("e1", "c1", T0, 10.0)]))
