@@ -54,6 +54,7 @@ from bench.common import (
     spawn_highwater,
     stop_process,
     synthetic_transactions,
+    wait_until_serving,
     write_results,
 )
 from highwater.progress import progress_bar
@@ -141,6 +142,8 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         try:
+            # A spawned server takes seconds to import its model libraries: wait for it, not for a poll.
+            wait_until_serving(self._target)
             with FeatureClient(self._target, timeout_s=10.0, wait_for_ready=True) as client:
                 while not self.stop_event.is_set():
                     ids = self._book.outstanding(MAX_IDS_PER_POLL)
