@@ -122,7 +122,8 @@ READ_FEATURES = r"""
 --       optionally a pending event: event id, event time, the id it belongs to (of this entity),
 --       n_fields, [field name, value] * n (its fields as text, by name)
 -- Returns {status, as_of, clock ('' = none), generation, then per entity id, per feature: value
---          ('' = null), latest contributing event time ('' = none)}; status 'ok', 'no_clock' or
+--          ('' = null; counts as integers, other values as text), latest contributing event time
+--          (an integer; '' = none)}; status 'ok', 'no_clock' or
 --          'too_old'; or {'not_held', feature index (from 1), 'field', 'window' or 'entity', generation}.
 -- Key names are built here from the generation the pointer names at this instant, so one request reads
 -- one generation whole even while another is being promoted; the field positions come from that
@@ -264,13 +265,12 @@ for k = 1, n_ids do
     end
     columns[fi] = column
   end
-  local last = latest and string.format('%d', latest) or ''
   for i = 1, nf do
     local agg, w, fi = specs[i][1], specs[i][2], specs[i][3]
     local count = counts[w]
     local value = ''
     if agg == 'count' then
-      value = string.format('%d', count)
+      value = count
     elseif agg == 'seconds_since_last' then
       if count > 0 then value = num((as_of - latest) / 1000) end
     elseif agg == 'distinct_count' then
@@ -279,7 +279,7 @@ for k = 1, n_ids do
         local v = column[j]
         if not seen[v] then seen[v] = true; d = d + 1 end
       end
-      value = string.format('%d', d)
+      value = d
     else
       local column, sum, mx = columns[fi], 0, nil
       for j = n - count + 1, n do
@@ -293,7 +293,7 @@ for k = 1, n_ids do
       else return redis.error_reply('unknown aggregation ' .. agg) end
     end
     out[#out + 1] = value
-    out[#out + 1] = count > 0 and last or ''
+    out[#out + 1] = count > 0 and latest or ''
   end
 end
 return out

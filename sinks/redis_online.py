@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -340,7 +341,7 @@ class RedisOnlineStore:
         return args
 
     def _answer(
-        self, flat: list[bytes], specs: Sequence[Feature], n_ids: int, as_of_ms: int | None
+        self, flat: list[Any], specs: Sequence[Feature], n_ids: int, as_of_ms: int | None
     ) -> OnlineRead:
         """The script's reply as an :class:`OnlineRead`, or the error its status says."""
         status, raw_as_of, raw_clock, generation = flat[0], flat[1], flat[2], text(flat[3])
@@ -365,11 +366,10 @@ class RedisOnlineStore:
             for name, is_int in zip(names, integral, strict=True):
                 raw_value, raw_time = flat[i], flat[i + 1]
                 i += 2
-                value: float | int | None = None
-                if raw_value != b"":
-                    value = int(raw_value) if is_int else float(raw_value)
+                # Counts and times arrive as integers, other values as text, nulls as b"".
+                value = None if raw_value == b"" else raw_value if is_int else float(raw_value)
                 # tuple.__new__ skips NamedTuple's generated __new__: up to 9,000 values per request.
-                row[name] = _new_tuple(FeatureValue, (value, int(raw_time) if raw_time != b"" else None))
+                row[name] = _new_tuple(FeatureValue, (value, None if raw_time == b"" else raw_time))
             rows.append(row)
         return OnlineRead(int(raw_as_of), clock, rows, generation)
 
