@@ -8,8 +8,9 @@ windows, so one round trip answers a request and only the answers cross the netw
 
 An entity's events live in one sorted set: score = event_time, member = the event id followed by the
 entity's feature fields, joined by the unit separator (0x1f), fields in the order of the generation's
-recorded layout (``hw:{gen}:meta:layout``, see :class:`streams.features.EntityLayout`). Numbers go back
-to Python as strings (``%.17g``) so no precision is lost to Redis' integer conversion of Lua numbers.
+recorded layout (``hw:{gen}:meta:layout``, see :class:`streams.features.EntityLayout`). Counts and
+event times, whole numbers, go back to Python as Redis integers; other numbers as strings (``%.17g``),
+so no precision is lost to Redis' integer conversion of Lua numbers.
 
 Ids and field values never contain control characters (``schemas.validate`` refuses them), so the
 separator 0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few thousand values,
@@ -148,10 +149,9 @@ end
 local layout = cjson.decode(recorded)
 local position = {}
 for i, name in ipairs(layout.fields) do position[name] = i end
-local n_fields = #layout.fields
 local nf = tonumber(ARGV[a0 + 4])
 local specs, max_w = {}, 0
-local numeric, textual = {}, {}  -- which fields are read as numbers, which as text
+local numeric = {}  -- fields read as numbers (for sums, max, avg); the others stay text
 for i = 1, nf do
   local base = a0 + 5 + 3 * (i - 1)
   local agg, w, name = ARGV[base], tonumber(ARGV[base + 1]), ARGV[base + 2]
@@ -164,7 +164,7 @@ for i = 1, nf do
   specs[i] = {agg, w, fi}
   if w > max_w then max_w = w end
   if fi > 0 then
-    if agg == 'distinct_count' then textual[fi] = true else numeric[fi] = true end
+    if agg ~= 'distinct_count' then numeric[fi] = true end
   end
 end
 local clock = redis.call('GET', prefix .. ':meta:clock')
