@@ -159,6 +159,29 @@ class PartitionCheckpoint:
     max_event_time_ms: int | None
 
 
+@dataclass(frozen=True)
+class HistorySpan:
+    """Records ``[start_offset, end_offset)`` of one partition, and the partition's high-water mark
+    before them: enough to read them again and decide the same fates (late or not)."""
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    clock_before_ms: int | None
+
+
+@dataclass(frozen=True)
+class PendingHistory:
+    """An applied batch whose history is not known to be written yet: its apply sequence number and
+    the records it covered. Recorded atomically with the batch's online write and removed once its
+    history is written, so a restart can write the history of exactly these records, with this number.
+    """
+
+    apply_seq: int
+    spans: tuple[HistorySpan, ...]
+
+
 class EventColumns(NamedTuple):
     """Applied events as columns: what a list of :class:`AppliedEvent` says, one list per attribute.
 
@@ -178,12 +201,15 @@ class EventColumns(NamedTuple):
 
 @dataclass
 class WriteBatch:
-    """Everything one flush makes durable together: ``events``, then ``columns``, in that order."""
+    """Everything one flush makes durable together: ``events``, then ``columns``, in that order;
+    ``history``: the records whose history the batch carries, recorded as pending (with the batch's
+    apply sequence number) until that history is confirmed written."""
 
     events: list[AppliedEvent] = field(default_factory=list)
     checkpoints: list[PartitionCheckpoint] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     columns: list[EventColumns] = field(default_factory=list)
+    history: tuple[HistorySpan, ...] | None = None
 
 
 class OnlineStore(Protocol):
@@ -191,8 +217,12 @@ class OnlineStore(Protocol):
 
     retention_ms: int
 
-    def write(self, batch: WriteBatch) -> None:
-        """Apply events idempotently (by event id) and store checkpoints and counters atomically."""
+    def write(self, batch: WriteBatch) -> int | None:
+        """Apply events idempotently (by event id) and store checkpoints and counters atomically.
+
+        With ``batch.history`` spans, the batch also takes the next apply sequence number (1, 2, ...;
+        never reused in a generation), recorded with the spans as pending history; it is returned.
+        """
 
     def read(
         self,
@@ -231,3 +261,9 @@ class OnlineStore(Protocol):
 
     def counters(self) -> dict[str, int]:
         """Pipeline counters: applied, late, malformed (by kind), duplicates."""
+
+    def pending_history(self) -> list[PendingHistory]:
+        """Batches applied online whose history is not confirmed written, in apply order."""
+
+    def confirm_history(self, apply_seq: int) -> None:
+        """Forget the pending history of batch ``apply_seq``: its history is written."""

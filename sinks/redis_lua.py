@@ -18,10 +18,13 @@ so variadic calls go in chunks of ``CHUNK``.
 """
 
 APPLY_BATCH = r"""
--- KEYS: checkpoints hash, clock string, counters hash, seen zset, then one events zset per entity id
+-- KEYS: checkpoints hash, clock string, counters hash, seen zset, pending-history hash, apply_seq
+--       string, then one events zset per entity id
 -- ARGV: ttl_ms, trim_before, n_events, the n event ids, their n event times,
 --       n_keys, per key: n_entries, then [score (event time), member] * n_entries;
---       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate
+--       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate,
+--       the batch's history spans ('' = no history: no apply sequence number either)
+-- Returns {applied, duplicates, apply_seq (0 = none)}
 -- A member is its event's id, then 0x1f and the entity's fields. Every value is its own argument, so
 -- nothing is parsed here, and a key's entries go to ZADD straight from ARGV when no event of the
 -- batch is skipped (the usual case).
@@ -63,7 +66,7 @@ end
 local a = 4 + 2 * n
 local n_keys = tonumber(ARGV[a]); a = a + 1
 for k = 1, n_keys do
-  local key = KEYS[4 + k]
+  local key = KEYS[6 + k]
   local m = tonumber(ARGV[a])
   local scored0 = a + 1  -- entry j (from 0): score ARGV[scored0 + 2j], member ARGV[scored0 + 2j + 1]
   if not skipping then
@@ -105,7 +108,12 @@ if candidate ~= '' then
   local current = redis.call('GET', KEYS[2])
   if (not current) or tonumber(candidate) > tonumber(current) then redis.call('SET', KEYS[2], candidate) end
 end
-return {n - duplicates - beyond, duplicates}
+local seq = 0
+if ARGV[a + 1] ~= '' then
+  seq = redis.call('INCR', KEYS[6])
+  redis.call('HSET', KEYS[5], seq, ARGV[a + 1])
+end
+return {n - duplicates - beyond, duplicates, seq}
 """
 
 RECORD_LAYOUT = r"""

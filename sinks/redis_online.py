@@ -17,8 +17,12 @@ hash tag):
 ``hw:{gen}:meta:clock``            string  highest applied event_time (the serving clock), ms
 ``hw:{gen}:meta:counters``         hash    applied, late, malformed:<kind>, duplicates,
                                            beyond_online_horizon, recorded:<history-only topic>
-``hw:{gen}:meta:apply_seq``        string  the last apply sequence number handed out (history tags
-                                           each event with the batch's number: the processing order)
+``hw:{gen}:meta:apply_seq``        string  the last apply sequence number handed out (1, 2, ...: each
+                                           write with history spans takes the next; history tags each
+                                           event with its batch's number: the processing order)
+``hw:{gen}:meta:history_pending``  hash    apply_seq -> JSON ``[[topic, partition, start, end,
+                                           clock_before], ...]``: applied batches whose history is
+                                           not confirmed written yet (``PendingHistory``)
 =================================  ======  =========================================================
 
 Feature definitions change; generations do not. A generation keeps the layout it was created with, so
@@ -50,8 +54,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import hiredis
 import redis
 
 from highwater.settings import Settings
@@ -59,10 +64,12 @@ from sinks.online import (
     AsOfTooOldError,
     FeatureNotHeldError,
     FeatureValue,
+    HistorySpan,
     NoClockError,
     OnlineRead,
     PartitionCheckpoint,
     PendingEvent,
+    PendingHistory,
     ReadRequest,
     WriteBatch,
 )
@@ -73,6 +80,12 @@ _new_tuple = tuple.__new__
 LIVE_GENERATION_KEY = "hw:live"
 """The generation readers that follow the live pointer read (``highwater generations promote`` sets it)."""
 FIELD_SEPARATOR = "\x1f"
+
+
+class PreparedWrite(NamedTuple):
+    """A batch's write command, encoded by :meth:`RedisOnlineStore.prepare`."""
+
+    command: bytes
 
 
 class KeyLayout:
@@ -86,6 +99,7 @@ class KeyLayout:
         self.counters = f"{self.prefix}:meta:counters"
         self.seen = f"{self.prefix}:meta:seen"
         self.apply_seq = f"{self.prefix}:meta:apply_seq"
+        self.history_pending = f"{self.prefix}:meta:history_pending"
         self.layout = f"{self.prefix}:meta:layout"
         self._events = f"{self.prefix}:ev:{{"
 
@@ -165,8 +179,21 @@ class RedisOnlineStore:
         return generation_layouts(self._redis, generation or self.keys.generation, self._registry)
 
     # --- writing ------------------------------------------------------------------------------------
-    def write(self, batch: WriteBatch) -> None:
-        """Apply ``batch`` atomically; an event whose id was applied before is counted, not re-applied."""
+    def write(self, batch: WriteBatch) -> int | None:
+        """Apply ``batch`` atomically; an event whose id was applied before is counted, not re-applied.
+
+        Returns the apply sequence number its pending history got (None: it had no history spans).
+        """
+        return self.write_prepared(self.prepare(batch))
+
+    def prepare(self, batch: WriteBatch) -> PreparedWrite:
+        """The command that applies ``batch``, encoded: the CPU-bound half of :meth:`write`.
+
+        A writer that keeps a round trip in flight prepares the next batch meanwhile, on its own thread.
+
+        Example:
+            >>> store.write_prepared(store.prepare(batch))   # what store.write(batch) does  # doctest: +SKIP
+        """
         # Only feature topics move the clock: a history-only topic's times (label_time) are another clock.
         partition_max = max(
             (
@@ -227,7 +254,15 @@ class RedisOnlineStore:
                             by_key[key] = [event_time, member]
                         else:
                             entries += (event_time, member)
-        keys = [self.keys.checkpoints, self.keys.clock, self.keys.counters, self.keys.seen, *by_key]
+        keys = [
+            self.keys.checkpoints,
+            self.keys.clock,
+            self.keys.counters,
+            self.keys.seen,
+            self.keys.history_pending,
+            self.keys.apply_seq,
+            *by_key,
+        ]
         args: list[str | int] = [self._ttl_ms, trim, len(event_ids), *event_ids, *event_times, len(by_key)]
         for scored in by_key.values():
             args.append(len(scored) // 2)
@@ -243,11 +278,46 @@ class RedisOnlineStore:
         for name, increment in counters.items():
             args += (name, increment)
         args.append("" if partition_max is None else partition_max)
-        self._apply(keys=keys, args=args)
+        args.append("" if batch.history is None else _spans_json(batch.history))
+        # Packed here rather than by redis-py, whose packing visits every argument in Python first.
+        command = ("EVALSHA", self._apply.sha, len(keys), *keys, *args)
+        return PreparedWrite(hiredis.pack_command(command))  # type: ignore[arg-type]  # stub: a 1-tuple
 
-    def next_apply_seq(self) -> int:
-        """A new apply sequence number for the next batch (1, 2, ...; never reused in a generation)."""
-        return int(self._redis.incr(self.keys.apply_seq))
+    def write_prepared(self, prepared: PreparedWrite) -> int | None:
+        """Apply a batch :meth:`prepare` encoded (atomically, as :meth:`write` does; same result)."""
+        try:
+            reply = self._send(prepared.command)
+        except redis.exceptions.NoScriptError:  # e.g. after SCRIPT FLUSH or a Redis restart
+            self._redis.script_load(APPLY_BATCH)
+            reply = self._send(prepared.command)
+        return int(reply[2]) or None
+
+    def _send(self, command: bytes) -> Any:
+        """One packed command's round trip on a pooled connection (dropped if it fails mid-way)."""
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([command])
+            return connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in a clean state
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+    def pending_history(self) -> list[PendingHistory]:
+        """Applied batches whose history is not confirmed written, in apply order."""
+        pending = [
+            PendingHistory(int(seq), tuple(HistorySpan(*span) for span in json.loads(spans)))
+            for seq, spans in self._redis.hgetall(self.keys.history_pending).items()
+        ]
+        return sorted(pending, key=lambda p: p.apply_seq)
+
+    def confirm_history(self, apply_seq: int) -> None:
+        """Forget batch ``apply_seq``'s pending history (its history is written)."""
+        self._redis.hdel(self.keys.history_pending, apply_seq)
 
     # --- reading ------------------------------------------------------------------------------------
     def read(
@@ -419,6 +489,12 @@ def generation_layouts(
 
 def _layout_json(layout: EntityLayout) -> str:
     return json.dumps({"fields": list(layout.fields), "max_window_ms": layout.max_window_ms})
+
+
+def _spans_json(spans: Sequence[HistorySpan]) -> str:
+    return json.dumps(
+        [[s.topic, s.partition, s.start_offset, s.end_offset, s.clock_before_ms] for s in spans]
+    )
 
 
 def _parse_layout(raw: bytes | str) -> EntityLayout:

@@ -1,16 +1,24 @@
 """The Bytewax sink that makes a batch of classified records durable, in a crash-safe order.
 
 For each batch: late records go to ``late-events`` and malformed ones to ``dead-letter`` (produced and
-flushed first, so none is lost); then every valid record (applied or late) is written to history in the
-offline store, tagged with the batch's apply sequence number; then the applied events, each partition's
-checkpoint (next offset and event-time high-water mark) and the counters are written to the online store
-in one atomic step; then the same offsets are committed to the consumer group, for lag monitoring.
+flushed first, so none is lost); then the applied events, each partition's checkpoint (next offset and
+event-time high-water mark), the counters and a *pending history* entry (the batch's apply sequence
+number and the offset span it covers in each partition) are written to the online store in one atomic
+step; then the same offsets are committed to the consumer group, for lag monitoring. Every valid record
+(applied or late) is written to history in the offline store, tagged with the batch's apply sequence
+number, by a writer of its own that may trail the online writes by a few batches; once a batch's history
+is written (and its online write is done), its pending entry is removed.
 
-A crash before the online write re-reads the batch on restart: the online state does not double count
-(the write is atomic and idempotent by event id) and the counters move once; history keeps one row per
-offset (the re-written rows replace the first ones, with the new batch's sequence number); side-topic
-records of that batch may be produced twice, keyed ``topic:partition:offset`` so consumers can drop the
-repeat. Topics without entities (fraud labels) only go to history.
+History is kept off the path to the online store because a ClickHouse insert takes tens of milliseconds
+(more when the machine is busy) and a served feature should not wait for it. A crash therefore can leave
+batches applied online whose history was never written: on restart, :mod:`streams.history_recovery`
+reads their pending entries, re-reads exactly those records, decides the same fates from the recorded
+high-water marks and writes their history with the batch's original sequence number, before the job
+resumes from the online checkpoints. A crash before the online write re-reads the batch on restart: the
+online state does not double count (the write is atomic and idempotent by event id) and the counters
+move once; history keeps one row per offset (re-written rows replace the first ones); side-topic records
+of that batch may be produced twice, keyed ``topic:partition:offset`` so consumers can drop the repeat.
+Topics without entities (fraud labels) only go to history.
 
 Example:
     >>> op.output("apply", classified, ApplySink(settings))  # doctest: +SKIP
@@ -21,8 +29,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -32,8 +40,13 @@ from highwater.settings import Settings
 from schemas.catalog import DEAD_LETTER, LATE_EVENTS
 from sinks.clickhouse_offline import ClickHouseOfflineStore
 from sinks.offline import OfflineStore
-from sinks.online import EventColumns, OnlineStore, PartitionCheckpoint, WriteBatch
-from sinks.redis_online import RedisOnlineStore
+from sinks.online import (
+    EventColumns,
+    HistorySpan,
+    PartitionCheckpoint,
+    WriteBatch,
+)
+from sinks.redis_online import PreparedWrite, RedisOnlineStore
 from streams.classify_batch import LATE, LATE_REASON, OFFSET, ClassifiedBatch
 from streams.event_time import Classified, Fate
 from streams.features import REGISTRY, EntityLayout, FeatureRegistry, as_text
@@ -47,6 +60,9 @@ _Layout = tuple[str, str, list[tuple[str, str, tuple[str, ...]]]]
 _TopicLayout = _Layout | None
 # Batches submitted and not yet applied online: bounds the memory a slow store lets queue up.
 _MAX_IN_FLIGHT = 2
+# Batches whose history is still being written: how far history may trail the online store before the
+# job waits for it (the frames of each are held in memory, and a crash makes the restart re-read them).
+_MAX_HISTORY_LAG = 8
 
 
 class RoutedRecords:
@@ -98,11 +114,10 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         registry: FeatureRegistry,
         progress: Callable[[int], None] | None,
     ) -> None:
-        self._store: OnlineStore = store
+        self._store = store
         # The generation's layout, not the code's: newer definitions never change an older generation.
         self._held = store.layouts() if settings.online.materialize else {}
         _warn_about_unheld(settings.online.generation, registry, self._held)
-        self._sequence = store.next_apply_seq
         self._offline = offline
         self._generation = settings.online.generation
         self._materialize = settings.online.materialize
@@ -113,23 +128,27 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         )
         self._progress = progress
         self._layouts: dict[str, _TopicLayout] = {}
-        # A pipeline of three stages, each in order: Python classifies batch N+2 while ClickHouse inserts
-        # the history of N+1 and Redis applies N. A batch's online write waits for its history (the crash
-        # order above), and once a write fails no later batch is applied. Each batch's side-topic records
-        # are flushed before it is submitted.
+        # Three stages, each in order: Python classifies batch N+1 while Redis applies N, and ClickHouse
+        # writes the history of the last few applied batches. Once an online write fails no later batch
+        # is applied; a failed history write stops the job at its next batch. Each batch's side-topic
+        # records are flushed before it is submitted.
         self._history_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-writer")
         self._online_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
-        self._inflight: deque[Future[None]] = deque()
+        self._online: deque[Future[int | None]] = deque()
+        self._history: deque[Future[None]] = deque()
         self._failed = False
+        self._stopped_by: BaseException | None = None
 
     def write_batch(self, items: list[ClassifiedBatch]) -> None:
         batch = WriteBatch()
         history: list[tuple[str, pl.DataFrame]] = []
         keep_history = self._offline is not None
+        first: dict[tuple[str, int], ClassifiedBatch] = {}
         last: dict[tuple[str, int], ClassifiedBatch] = {}
         records = 0
         for item in items:
             topic = item.topic
+            first.setdefault((topic, item.partition), item)
             last[(topic, item.partition)] = item
             records += item.records
             if self._routed is not None:
@@ -144,51 +163,66 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
             elif self._materialize:
                 batch.columns.append(_event_columns(item.applied, layout))
             if keep_history and item.events.height:
-                history.append((topic, _history_frame(item)))
+                history.append((topic, history_frame(item)))
             for name, n in counters.items():
                 batch.counters[name] = batch.counters.get(name, 0) + n
-        if self._routed is not None:
-            self._routed.flush()
         batch.checkpoints = [
             PartitionCheckpoint(topic, partition, item.next_offset, item.max_event_time_ms)
             for (topic, partition), item in last.items()
         ]
-        self._wait_inflight(keep=_MAX_IN_FLIGHT - 1)
-        written = self._history_writer.submit(self._write_history, history)
-        self._inflight.append(self._online_writer.submit(self._apply_online, written, batch, records))
+        if history:
+            spans = (
+                HistorySpan(t, p, first[(t, p)].first_offset, item.next_offset, first[(t, p)].clock_before_ms)
+                for (t, p), item in last.items()
+            )
+            batch.history = tuple(spans)
+        self._settle(self._online, keep=_MAX_IN_FLIGHT - 1)
+        self._settle(self._history, keep=_MAX_HISTORY_LAG - 1)
+        # Encoded here, so this thread's next batch overlaps the round trip rather than the encoding.
+        prepared = self._store.prepare(batch)
+        online_write = self._online_writer.submit(self._apply_online, prepared, batch.checkpoints, records)
+        self._online.append(online_write)
+        if batch.history is not None:
+            self._history.append(self._history_writer.submit(self._write_history, history, online_write))
 
-    def _write_history(self, history: list[tuple[str, pl.DataFrame]]) -> None:
-        if self._offline is not None and history:
-            # History first: a crash after it re-reads the batch, and re-written offsets replace their rows.
-            seq = self._sequence()
-            now = int(time.time() * 1000)
-            by_topic: dict[str, list[pl.DataFrame]] = {}
-            for topic, frame in history:
-                by_topic.setdefault(topic, []).append(frame)
-            for topic, frames in by_topic.items():
-                frame = frames[0] if len(frames) == 1 else pl.concat(frames)
-                self._offline.write_history_frame(self._generation, topic, frame, seq, now)
+    def _write_history(
+        self, history: list[tuple[str, pl.DataFrame]], online_write: Future[int | None]
+    ) -> None:
+        # The online write gives the batch its apply sequence number and records its history as pending.
+        seq = online_write.result()
+        assert self._offline is not None and seq is not None
+        write_history(self._offline, self._generation, history, seq)
+        self._store.confirm_history(seq)
 
-    def _apply_online(self, written: Future[None], batch: WriteBatch, records: int) -> None:
+    def _apply_online(
+        self, prepared: PreparedWrite, checkpoints: list[PartitionCheckpoint], records: int
+    ) -> int | None:
         if self._failed:
             raise RuntimeError("an earlier batch failed to be written; not applying later ones")
         try:
-            written.result()
-            self._store.write(batch)
+            if self._routed is not None:
+                self._routed.flush()  # the batch's late and malformed records first: none is lost
+            seq = self._store.write_prepared(prepared)
         except BaseException:
             self._failed = True
             raise
         self._committer.commit(
-            offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in batch.checkpoints],
+            offsets=[TopicPartition(c.topic, c.partition, c.next_offset) for c in checkpoints],
             asynchronous=True,
         )
         if self._progress is not None:
             self._progress(records)
+        return seq
 
-    def _wait_inflight(self, keep: int = 0) -> None:
-        """Wait until at most ``keep`` batches are still being written (raising a write's error)."""
-        while len(self._inflight) > keep:
-            self._inflight.popleft().result()
+    def _settle(self, queue: deque[Future[int | None]] | deque[Future[None]], keep: int = 0) -> None:
+        """Take finished writes off ``queue``, waiting until at most ``keep`` are unfinished; a failed
+        write's error is logged (Bytewax does not show a sink's exception) and raised."""
+        while queue and (len(queue) > keep or queue[0].done()):
+            error = queue.popleft().exception()
+            if error is not None:
+                self._stopped_by = error
+                log.error("stopping: a write failed: %s", error, exc_info=error)
+                raise error
 
     def _layout(self, topic: str) -> _TopicLayout:
         """Which fields of ``topic``'s events make the id, the time and each entity's update."""
@@ -212,7 +246,12 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         if self._routed is not None:
             self._routed.flush()
         try:
-            self._wait_inflight()
+            if self._stopped_by is None:
+                self._settle(self._online)
+                self._settle(self._history)
+            else:  # the error went up already; raising again here would abort the process
+                wait(self._online)
+                wait(self._history)
         finally:
             self._history_writer.shutdown()
             self._online_writer.shutdown()
@@ -268,7 +307,20 @@ def _texts(column: pl.Series) -> list[str]:
     return values if column.dtype == pl.String else list(map(str, values))
 
 
-def _history_frame(item: ClassifiedBatch) -> pl.DataFrame:
+def write_history(
+    offline: OfflineStore, generation: str, frames: Sequence[tuple[str, pl.DataFrame]], apply_seq: int
+) -> None:
+    """Insert one batch's history ``(topic, frame)`` pairs, one insert per topic, tagged ``apply_seq``."""
+    now = int(time.time() * 1000)
+    by_topic: dict[str, list[pl.DataFrame]] = {}
+    for topic, frame in frames:
+        by_topic.setdefault(topic, []).append(frame)
+    for topic, parts in by_topic.items():
+        frame = parts[0] if len(parts) == 1 else pl.concat(parts)
+        offline.write_history_frame(generation, topic, frame, apply_seq, now)
+
+
+def history_frame(item: ClassifiedBatch) -> pl.DataFrame:
     """The batch's valid events in the layout of :meth:`OfflineStore.write_history_frame`."""
     return item.events.rename({OFFSET: "offset", LATE: "late", LATE_REASON: "late_reason"}).with_columns(
         pl.lit(item.partition, pl.Int64()).alias("partition")

@@ -74,7 +74,8 @@ class ClassifiedBatch:
     :data:`OFFSET`, :data:`LATE` and :data:`LATE_REASON`. ``routed``: the late and malformed records, in
     log order, for the side topics. ``max_event_time_ms``: the partition's high-water mark after the
     batch; ``next_offset``: where reading the partition resumes after it; ``records``: how many records
-    the batch had.
+    the batch had; ``first_offset`` and ``clock_before_ms``: the offset of its first record and the
+    high-water mark before it (what re-reading the same records and deciding the same fates takes).
     """
 
     topic: str
@@ -84,6 +85,8 @@ class ClassifiedBatch:
     routed: list[Classified]
     next_offset: int
     max_event_time_ms: int | None
+    first_offset: int
+    clock_before_ms: int | None
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -104,6 +107,7 @@ class BatchClassifier:
         """The fates of ``raw``'s records; advances ``clock`` past the batch's applied events."""
         if not raw.offsets:
             raise ValueError(f"{raw.topic}:{raw.partition}: an empty batch has no fates to decide")
+        clock_before = clock.max_event_time_ms
         decoded = self._decoder.decode(raw.topic, raw.values)
         frame = decoded.frame
         malformed = {row: (error.kind, str(error)) for row, error in decoded.errors.items()}
@@ -168,6 +172,8 @@ class BatchClassifier:
             routed,
             offsets[-1] + 1,
             clock.max_event_time_ms,
+            offsets[0],
+            clock_before,
             counters,
         )
 

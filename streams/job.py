@@ -31,6 +31,7 @@ from streams.apply_sink import ApplySink
 from streams.classify_batch import BatchClassifier, ClassifiedBatch, RawBatch
 from streams.event_time import NEVER_LATE, LatenessPolicy, PartitionClock
 from streams.features import REGISTRY, FeatureRegistry
+from streams.history_recovery import recover_history
 from streams.kafka_source import KafkaPartitionSource, PartitionRange, read_ranges
 
 log = logging.getLogger(__name__)
@@ -103,15 +104,19 @@ def plan(
     """Read ranges and partition clocks of every source topic, from the online store's checkpoints.
 
     ``ends`` (topic -> partition -> offset, exclusive) stops those partitions there instead of at the log
-    end (a replay's ``--to``). Also brings the generation's offline tables up to date when history is kept.
+    end (a replay's ``--to``). When history is kept, also brings the generation's offline tables up to
+    date and writes the history a stop left pending (:mod:`streams.history_recovery`).
     """
+    store = RedisOnlineStore.from_settings(settings, registry)
     if settings.offline.history:
         offline = ClickHouseOfflineStore.from_settings(settings)
         try:
             offline.migrate(settings.online.generation)
+            # Before resuming: the history of batches applied online that a stop left unwritten.
+            pending_topics = sorted({s.topic for p in store.pending_history() for s in p.spans})
+            recover_history(settings, store, offline, classifiers(settings, pending_topics, registry))
         finally:
             offline.close()
-    store = RedisOnlineStore.from_settings(settings, registry)
     ranges: dict[str, dict[int, PartitionRange]] = {}
     clocks: dict[tuple[str, int], int | None] = {}
     for topic in source_topics(settings, registry):

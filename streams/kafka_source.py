@@ -104,6 +104,55 @@ def read_ranges(
     return ranges
 
 
+def read_span(
+    settings: Settings, topic: str, partition: int, start: int, end: int, stall_s: float = 30.0
+) -> RawBatch | None:
+    """The records at offsets ``[start, end)`` of one partition, in log order (None if there are none).
+
+    Raises :class:`LogResetError` when the log no longer reaches back to ``start`` or ends before
+    ``end``, and TimeoutError when no record arrives for ``stall_s`` seconds.
+
+    Example:
+        >>> batch = read_span(settings, "transactions", 0, 1200, 1400)   # doctest: +SKIP
+        >>> batch.offsets[0], len(batch.offsets)                         # doctest: +SKIP
+        (1200, 200)
+    """
+    low, high = log_end_offsets(settings, topic)[partition]
+    if start < low or end > high:
+        raise LogResetError(
+            f"{topic}:{partition}: offsets {start}..{end} are needed again but the log holds {low}..{high}"
+        )
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
+    )
+    offsets: list[int] = []
+    keys: list[bytes | None] = []
+    values: list[bytes | None] = []
+    try:
+        assigned = TopicPartition(topic, partition, start)
+        consumer.assign([assigned])
+        position = start
+        deadline = time.monotonic() + stall_s
+        while position < end:
+            messages = consumer.consume(settings.stream.batch_size, 0.1)
+            for message in data_messages(messages):
+                offset = message.offset()
+                assert offset is not None  # set on every message without an error
+                if offset < end:
+                    offsets.append(offset)
+                    keys.append(message.key())
+                    values.append(message.value())
+            # The position, not the last offset: it also moves past offsets that hold no record.
+            moved = consumer.position([TopicPartition(topic, partition)])[0].offset
+            if moved > position:
+                position, deadline = moved, time.monotonic() + stall_s
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}:{partition}: no record after offset {position} for {stall_s} s")
+    finally:
+        consumer.close()
+    return RawBatch(topic, partition, offsets, keys, values) if offsets else None
+
+
 class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, settings: Settings, topic: str, partition: int, span: PartitionRange) -> None:
         self._topic = topic

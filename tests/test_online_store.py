@@ -15,8 +15,10 @@ from sinks.online import (
     EventColumns,
     FeatureNotHeldError,
     FeatureValue,
+    HistorySpan,
     NoClockError,
     PartitionCheckpoint,
+    PendingHistory,
     WriteBatch,
 )
 from sinks.redis_online import RedisOnlineStore
@@ -120,6 +122,22 @@ def test_checkpoints_counters_and_clock_move_with_the_batch(
     assert store.checkpoints("transactions")[3] == PartitionCheckpoint("transactions", 3, 9, T0 - 5)
     assert store.checkpoints("transactions")[2].next_offset == 41
     assert store.counters() == {"applied": 1, "late": 3}
+
+
+def test_pending_history_is_recorded_with_its_batch_and_kept_until_confirmed(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    store = _store(stack, "pending")
+    first = (HistorySpan("transactions", 0, 0, 40, None), HistorySpan("fraud-labels", 1, 5, 9, T0 - 1))
+    second = (HistorySpan("transactions", 0, 40, 52, T0),)
+    assert store.write(WriteBatch([_event("a", "c1", T0, 1.0)], [], {"applied": 1}, history=first)) == 1
+    assert store.write(WriteBatch([], [], {"late": 1})) is None  # no history: no number, nothing pending
+    assert store.write(WriteBatch([_event("b", "c1", T0 + 1, 2.0)], [], {"applied": 1}, history=second)) == 2
+    assert store.pending_history() == [PendingHistory(1, first), PendingHistory(2, second)]
+    store.confirm_history(1)
+    assert store.pending_history() == [PendingHistory(2, second)]
+    store.confirm_history(2)
+    assert store.pending_history() == []
 
 
 def test_events_beyond_the_kept_horizon_are_trimmed(stack: Settings, redis_client: redis.Redis) -> None:

@@ -222,6 +222,57 @@ def test_a_killed_job_resumes_without_losing_or_double_counting(
     assert store.clock_ms() == clock
     assert store.counters() == applied.counters()
     assert _snapshot(crashing, clock, expected) == _snapshot(pipeline, clock, expected)
+    # History trails the online writes: what the kill left pending was written before resuming.
+    assert store.pending_history() == []
+    positions = [(r["partition"], r["offset"]) for r in _history(crashing, "transactions")]
+    assert positions == _valid_positions(pipeline, read_topic(pipeline, TRANSACTIONS))
+
+
+def test_history_a_failed_insert_left_unwritten_is_written_on_restart(
+    pipeline: Settings, applied: RedisOnlineStore, expected: Expected
+) -> None:
+    halted = pipeline.for_generation("halted")
+    halted.stream.batch_size = 200
+    offline = ClickHouseOfflineStore.from_settings(halted)
+    store = RedisOnlineStore.from_settings(halted)
+    try:
+        offline.migrate("halted")
+        # ClickHouse refuses the history of later offsets; the online writes go on until the job stops.
+        offline.command("ALTER TABLE {transactions} ADD CONSTRAINT refuse CHECK offset < 1000", "halted")
+        job = subprocess.run(
+            [sys.executable, "-m", "highwater.cli", "run", "--until-end"],
+            env=os.environ | settings_env(halted),
+            capture_output=True,
+            timeout=300,
+        )
+        assert job.returncode != 0
+        assert b"refuse" in job.stderr  # the constraint's name: the insert failed, nothing else
+        pending = store.pending_history()
+        assert pending, "the online writes should have run ahead of the failing history"
+        stopped_at = {p: c.next_offset for p, c in store.checkpoints(TRANSACTIONS).items()}
+        last_seq = int(redis.Redis.from_url(halted.redis_url).get("hw:halted:meta:apply_seq") or 0)
+        assert any(offset > 1000 for offset in stopped_at.values())
+        offline.command("ALTER TABLE {transactions} DROP CONSTRAINT refuse", "halted")
+    finally:
+        offline.close()
+
+    run_job(until_end=True, settings=halted, show_progress=False)
+
+    assert store.pending_history() == []
+    rows = _history(halted, "transactions")
+    assert [(r["partition"], r["offset"]) for r in rows] == _valid_positions(
+        pipeline, read_topic(pipeline, TRANSACTIONS)
+    )
+    late = set(zip(expected.late["partition"], expected.late["offset"], strict=True))
+    assert {(r["partition"], r["offset"]) for r in rows if r["late"]} == late
+    # Recovered rows keep the sequence number of the batch that applied them online (the feature log's
+    # "applied by then"); rows of batches applied after the restart have later numbers.
+    for row in rows:
+        before_stop = row["offset"] < stopped_at.get(row["partition"], 0)
+        assert (row["apply_seq"] <= last_seq) == before_stop, row
+    clock = applied.clock_ms()
+    assert store.counters() == applied.counters()
+    assert _snapshot(halted, clock, expected) == _snapshot(pipeline, clock, expected)
 
 
 def test_processing_the_same_offsets_twice_changes_no_value(
