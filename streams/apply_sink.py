@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,10 +67,15 @@ _MAX_HISTORY_LAG = 8
 
 
 class RoutedRecords:
-    """Produces late and malformed records to their topics, with provenance and reason."""
+    """Produces late and malformed records to their topics, with provenance and reason.
+
+    Thread-safe: the job routes on its own thread while the online writer flushes, and the producer's
+    delivery counts, updated by callbacks on whichever thread serves them, must not lose a failure.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._producer = EventProducer(settings)
+        self._lock = threading.Lock()
 
     def route(self, item: Classified) -> None:
         """Queue ``item`` for its side topic, keyed ``topic:partition:offset`` of the source record."""
@@ -87,7 +93,8 @@ class RoutedRecords:
                 "lateness_ms": item.lateness_ms,
                 "original": raw.value or b"",
             }
-            self._producer.produce(LATE_EVENTS, late, key=key)
+            with self._lock:
+                self._producer.produce(LATE_EVENTS, late, key=key)
         else:
             dead = {
                 "error_type": item.error_type,
@@ -98,11 +105,13 @@ class RoutedRecords:
                 "original_key": raw.key,
                 "original": raw.value,
             }
-            self._producer.produce(DEAD_LETTER, dead, key=key)
+            with self._lock:
+                self._producer.produce(DEAD_LETTER, dead, key=key)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued record is acknowledged; DeliveryError if any was not."""
-        self._producer.flush(timeout)
+        with self._lock:
+            self._producer.flush(timeout)
 
 
 class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
@@ -130,8 +139,8 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         self._layouts: dict[str, _TopicLayout] = {}
         # Three stages, each in order: Python classifies batch N+1 while Redis applies N, and ClickHouse
         # writes the history of the last few applied batches. Once an online write fails no later batch
-        # is applied; a failed history write stops the job at its next batch. Each batch's side-topic
-        # records are flushed before it is submitted.
+        # is applied; a failed history write stops the job at its next batch. The online writer flushes
+        # the side-topic records routed so far before each write.
         self._history_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-writer")
         self._online_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-writer")
         self._online: deque[Future[int | None]] = deque()
