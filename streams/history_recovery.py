@@ -10,14 +10,15 @@ first read did), writes their history with the batch's own sequence number (what
 replace themselves (history keeps one row per offset).
 
 Example:
-    >>> recover_history(settings, store, offline, classifiers(settings, topics))   # doctest: +SKIP
+    >>> by_topic = lambda topics: classifiers(settings, topics)             # doctest: +SKIP
+    >>> recover_history(settings, store, offline, by_topic)                 # doctest: +SKIP
     RecoveredHistory(batches=3, records=600)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from highwater.settings import Settings
@@ -42,15 +43,17 @@ def recover_history(
     settings: Settings,
     store: OnlineStore,
     offline: OfflineStore,
-    classifiers: Mapping[str, BatchClassifier],
+    classifiers_for: Callable[[list[str]], Mapping[str, BatchClassifier]],
 ) -> RecoveredHistory:
     """Write the history of every batch ``store`` holds as pending, in apply order, and clear them.
 
-    ``classifiers``: per topic, the classifier the job uses for it (:func:`streams.job.classifiers`).
+    ``classifiers_for``: given topics, the classifier the job uses for each (:func:`streams.job.classifiers`);
+    called only when something is pending.
     """
     pending = store.pending_history()
     if not pending:
         return RecoveredHistory(0, 0)
+    classifiers = classifiers_for(sorted({span.topic for batch in pending for span in batch.spans}))
     logs = _read_logs([span for batch in pending for span in batch.spans], settings)
     records = 0
     for batch in pending:

@@ -113,8 +113,7 @@ def plan(
         try:
             offline.migrate(settings.online.generation)
             # Before resuming: the history of batches applied online that a stop left unwritten.
-            pending_topics = sorted({s.topic for p in store.pending_history() for s in p.spans})
-            recover_history(settings, store, offline, classifiers(settings, pending_topics, registry))
+            recover_history(settings, store, offline, lambda topics: classifiers(settings, topics, registry))
         finally:
             offline.close()
     ranges: dict[str, dict[int, PartitionRange]] = {}

@@ -62,9 +62,7 @@ def log_end_offsets(settings: Settings, topic: str, wait_s: float = 5.0) -> dict
     Tansu 0.6 answers ListOffsets(latest) with a wrong offset (always 1), while the high watermark in
     its fetch responses is right; reading it from a fetch works on every broker.
     """
-    consumer = Consumer(
-        settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
-    )
+    consumer = _consumer(settings)
     try:
         partitions = partitions_of(settings, topic)
         lows = {
@@ -122,26 +120,14 @@ def read_span(
         raise LogResetError(
             f"{topic}:{partition}: offsets {start}..{end} are needed again but the log holds {low}..{high}"
         )
-    consumer = Consumer(
-        settings.kafka_config(**{"group.id": settings.stream.consumer_group, "enable.auto.commit": False})
-    )
-    offsets: list[int] = []
-    keys: list[bytes | None] = []
-    values: list[bytes | None] = []
+    consumer = _consumer(settings)
+    batch = RawBatch(topic, partition, [], [], [])
     try:
-        assigned = TopicPartition(topic, partition, start)
-        consumer.assign([assigned])
+        consumer.assign([TopicPartition(topic, partition, start)])
         position = start
         deadline = time.monotonic() + stall_s
         while position < end:
-            messages = consumer.consume(settings.stream.batch_size, 0.1)
-            for message in data_messages(messages):
-                offset = message.offset()
-                assert offset is not None  # set on every message without an error
-                if offset < end:
-                    offsets.append(offset)
-                    keys.append(message.key())
-                    values.append(message.value())
+            _append_records(consumer.consume(settings.stream.batch_size, 0.1), end, batch)
             # The position, not the last offset: it also moves past offsets that hold no record.
             moved = consumer.position([TopicPartition(topic, partition)])[0].offset
             if moved > position:
@@ -150,7 +136,25 @@ def read_span(
                 raise TimeoutError(f"{topic}:{partition}: no record after offset {position} for {stall_s} s")
     finally:
         consumer.close()
-    return RawBatch(topic, partition, offsets, keys, values) if offsets else None
+    return batch if batch.offsets else None
+
+
+def _consumer(settings: Settings, **overrides: object) -> Consumer:
+    """A consumer of the job's group that never commits (positions live in the online store)."""
+    config = {"group.id": settings.stream.consumer_group, "enable.auto.commit": False, **overrides}
+    return Consumer(settings.kafka_config(**config))
+
+
+def _append_records(messages: list[Message], end: int | None, batch: RawBatch) -> None:
+    """Append the records among ``messages`` below offset ``end`` (None: no end) to ``batch``'s columns."""
+    offsets, keys, values = batch.offsets, batch.keys, batch.values
+    for message in data_messages(messages):
+        offset = message.offset()
+        assert offset is not None  # set on every message without an error
+        if end is None or offset < end:
+            offsets.append(offset)
+            keys.append(message.key())
+            values.append(message.value())
 
 
 class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
@@ -161,15 +165,9 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
         self._next = span.start
         self._batch_size = settings.stream.batch_size
         self._awake: datetime | None = None
-        self._consumer = Consumer(
-            settings.kafka_config(
-                **{
-                    "group.id": settings.stream.consumer_group,
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": False,
-                    "fetch.wait.max.ms": settings.stream.poll_timeout_ms,
-                }
-            )
+        self._consumer = _consumer(
+            settings,
+            **{"enable.partition.eof": False, "fetch.wait.max.ms": settings.stream.poll_timeout_ms},
         )
         start = span.start if span.start >= 0 else OFFSET_BEGINNING
         self._consumer.assign([TopicPartition(topic, partition, start)])
@@ -182,23 +180,13 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, int]):
         # back off a little when a partition is idle.
         messages = self._consumer.consume(self._batch_size, 0)
         self._awake = None if messages else datetime.now(UTC) + _IDLE_BACKOFF
-        offsets: list[int] = []
-        keys: list[bytes | None] = []
-        values: list[bytes | None] = []
-        end = self._end
-        for message in data_messages(messages):
-            offset = message.offset()
-            assert offset is not None  # set on every message without an error
-            if end is not None and offset >= end:
-                continue
-            offsets.append(offset)
-            keys.append(message.key())
-            values.append(message.value())
-        if not offsets:
+        batch = RawBatch(self._topic, self._partition, [], [], [])
+        _append_records(messages, self._end, batch)
+        if not batch.offsets:
             return []
-        self._next = offsets[-1] + 1
+        self._next = batch.offsets[-1] + 1
         # One item per poll: the records travel as columns (see streams.classify_batch).
-        return [RawBatch(self._topic, self._partition, offsets, keys, values)]
+        return [batch]
 
     def next_awake(self) -> datetime | None:
         return self._awake
