@@ -7,6 +7,7 @@ values are worked out by hand from a few events (see ``_EVENTS``).
 
 from __future__ import annotations
 
+import gc
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from highwater.settings import Settings, get_settings
 from highwater.stack.env import settings_env
 from serving.client import FeatureClient, FeatureServiceError, OnlineFeatures
 from serving.protos import features_pb2, features_pb2_grpc
-from serving.server import FeatureServer, build_server
+from serving.server import FeatureServer, build_server, freeze_startup_heap
 from serving.service import MAX_ENTITY_IDS, SERVICE_NAME
 from serving.timeconv import format_ms
 from sinks.online import AppliedEvent, EntityUpdate, PartitionCheckpoint, WriteBatch
@@ -364,3 +365,18 @@ def test_client_takes_naive_datetimes_as_utc(client: FeatureClient) -> None:
     assert isinstance(got, OnlineFeatures)
     assert got.as_of_ms == T0
     assert got.to_dict() == {"c1": {"card_txn_count_1h": 3}}
+
+
+def test_freezing_the_start_up_heap_keeps_it_out_of_collection(client: FeatureClient) -> None:
+    """What ``highwater serve`` does before serving: objects alive then are no longer traversed by the
+    collector's full passes, and the server answers as before."""
+    alive_at_start_up = {"model": [1.0, 2.0]}
+    assert any(o is alive_at_start_up for o in gc.get_objects())
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(o is alive_at_start_up for o in gc.get_objects())
+        answer = client.get_online_features("card", ["c1"], ["card_txn_count_1h"])
+        assert answer.value("c1", "card_txn_count_1h") == 3
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
