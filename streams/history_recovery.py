@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ from sinks.online import HistorySpan, OnlineStore
 from streams.apply_sink import history_frame, write_history
 from streams.classify_batch import BatchClassifier, RawBatch
 from streams.event_time import PartitionClock
-from streams.kafka_source import read_span
+from streams.kafka_source import read_spans
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +79,26 @@ def recover_history(
 
 def _read_logs(spans: list[HistorySpan], settings: Settings) -> dict[tuple[str, int], RawBatch]:
     """Each partition's records from its lowest pending offset to its highest, read once."""
-    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    bounds: dict[str, dict[int, tuple[int, int]]] = {}
     for span in spans:
-        key = (span.topic, span.partition)
-        low, high = bounds.get(key, (span.start_offset, span.end_offset))
-        bounds[key] = (min(low, span.start_offset), max(high, span.end_offset))
-    logs = {}
-    for (topic, partition), (start, end) in bounds.items():
-        raw = read_span(settings, topic, partition, start, end)
-        if raw is not None:
-            logs[(topic, partition)] = raw
-    return logs
+        of_topic = bounds.setdefault(span.topic, {})
+        low, high = of_topic.get(span.partition, (span.start_offset, span.end_offset))
+        of_topic[span.partition] = (min(low, span.start_offset), max(high, span.end_offset))
+    return {
+        (topic, partition): raw
+        for topic, of_topic in bounds.items()
+        for partition, raw in read_spans(settings, topic, of_topic).items()
+    }
 
 
 def _slice(raw: RawBatch | None, span: HistorySpan) -> RawBatch | None:
-    """The records of ``raw`` inside ``span`` (None when there are none)."""
+    """The records of ``raw`` inside ``span`` (None when there are none); offsets are in log order."""
     if raw is None:
         return None
-    chosen = [i for i, offset in enumerate(raw.offsets) if span.start_offset <= offset < span.end_offset]
-    if not chosen:
+    first = bisect_left(raw.offsets, span.start_offset)
+    stop = bisect_left(raw.offsets, span.end_offset)
+    if first == stop:
         return None
     return RawBatch(
-        raw.topic,
-        raw.partition,
-        [raw.offsets[i] for i in chosen],
-        [raw.keys[i] for i in chosen],
-        [raw.values[i] for i in chosen],
+        raw.topic, raw.partition, raw.offsets[first:stop], raw.keys[first:stop], raw.values[first:stop]
     )

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -102,24 +102,41 @@ def read_ranges(
     return ranges
 
 
-def read_span(
-    settings: Settings, topic: str, partition: int, start: int, end: int, stall_s: float = 30.0
-) -> RawBatch | None:
-    """The records at offsets ``[start, end)`` of one partition, in log order (None if there are none).
+def read_spans(
+    settings: Settings, topic: str, spans: Mapping[int, tuple[int, int]], stall_s: float = 30.0
+) -> dict[int, RawBatch]:
+    """The records at offsets ``[start, end)`` of each partition in ``spans`` (partition -> (start, end)),
+    in log order; partitions without records there are left out.
 
-    Raises :class:`LogResetError` when the log no longer reaches back to ``start`` or ends before
-    ``end``, and TimeoutError when no record arrives for ``stall_s`` seconds.
+    Raises :class:`LogResetError` when the log no longer reaches back to a ``start`` or ends before an
+    ``end`` (checked for every span before any is read), and TimeoutError when no record arrives for
+    ``stall_s`` seconds.
 
     Example:
-        >>> batch = read_span(settings, "transactions", 0, 1200, 1400)   # doctest: +SKIP
-        >>> batch.offsets[0], len(batch.offsets)                         # doctest: +SKIP
+        >>> batches = read_spans(settings, "transactions", {0: (1200, 1400)})   # doctest: +SKIP
+        >>> batches[0].offsets[0], len(batches[0].offsets)                      # doctest: +SKIP
         (1200, 200)
     """
-    low, high = log_end_offsets(settings, topic)[partition]
-    if start < low or end > high:
-        raise LogResetError(
-            f"{topic}:{partition}: offsets {start}..{end} are needed again but the log holds {low}..{high}"
-        )
+    held = log_end_offsets(settings, topic)
+    for partition, (start, end) in spans.items():
+        low, high = held[partition]
+        if start < low or end > high:
+            raise LogResetError(
+                f"{topic}:{partition}: offsets {start}..{end} are needed again "
+                f"but the log holds {low}..{high}"
+            )
+    batches = {}
+    for partition, (start, end) in sorted(spans.items()):
+        batch = _read_partition(settings, topic, partition, start, end, stall_s)
+        if batch.offsets:
+            batches[partition] = batch
+    return batches
+
+
+def _read_partition(
+    settings: Settings, topic: str, partition: int, start: int, end: int, stall_s: float
+) -> RawBatch:
+    """The records at offsets ``[start, end)`` of one partition (see :func:`read_spans`)."""
     consumer = _consumer(settings)
     batch = RawBatch(topic, partition, [], [], [])
     try:
@@ -136,7 +153,7 @@ def read_span(
                 raise TimeoutError(f"{topic}:{partition}: no record after offset {position} for {stall_s} s")
     finally:
         consumer.close()
-    return batch if batch.offsets else None
+    return batch
 
 
 def _consumer(settings: Settings, **overrides: object) -> Consumer:
