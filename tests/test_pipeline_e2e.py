@@ -250,7 +250,7 @@ def test_history_a_failed_insert_left_unwritten_is_written_on_restart(
         pending = store.pending_history()
         assert pending, "the online writes should have run ahead of the failing history"
         stopped_at = {p: c.next_offset for p, c in store.checkpoints(TRANSACTIONS).items()}
-        last_seq = int(redis.Redis.from_url(halted.redis_url).get("hw:halted:meta:apply_seq") or 0)
+        last_seq = int(redis.Redis.from_url(halted.redis_url).get(store.keys.apply_seq) or 0)
         assert any(offset > 1000 for offset in stopped_at.values())
         offline.command("ALTER TABLE {transactions} DROP CONSTRAINT refuse", "halted")
     finally:
