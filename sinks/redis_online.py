@@ -8,9 +8,15 @@ hash tag):
                                            configured ``online.generation``)
 ``hw:{gen}:ev:{entity:id}``        zset    score = event_time ms; member = event id, then the entity's
                                            feature fields, 0x1f-separated, in ``meta:layout`` order
-``hw:{gen}:meta:layout``           hash    entity -> JSON ``{"fields": [...], "max_window_ms": N}``:
-                                           what the generation's events carry, recorded by its first
-                                           write and never changed (``EntityLayout``)
+``hw:{gen}:tl:{entity:id}:field``  zset    tiled entities only (``Entity.tile``): score = tile
+                                           index t, covering event times [t * tile_ms, (t+1) *
+                                           tile_ms); member = ``t:`` then the values of ``field``
+                                           of the events in that span, packed as little-endian
+                                           doubles in the events set's order
+``hw:{gen}:meta:layout``           hash    entity -> JSON ``{"fields": [...], "max_window_ms": N,
+                                           "tile_ms": N, "tiled_fields": [...]}`` (no tile keys: no
+                                           tiles): what the generation's events carry, recorded by
+                                           its first write and never changed (``EntityLayout``)
 ``hw:{gen}:meta:seen``             zset    member = applied event id, score = its event_time: the
                                            idempotency index (first applied wins)
 ``hw:{gen}:meta:checkpoints``      hash    ``topic:partition`` -> ``next_offset:max_event_time``
@@ -31,8 +37,19 @@ feature a generation does not hold with :class:`~sinks.online.FeatureNotHeldErro
 backfill: ``highwater replay`` into a new generation (created with the new layout), then
 ``highwater generations promote``.
 
-Why raw events rather than pre-aggregated tiles: every window boundary (T-W, T] is then exact for any
-T, windows empty out by themselves as T moves, and a read is one range scan per id. Idempotency is by
+Why raw events rather than pre-aggregated partial sums: every window boundary (T-W, T] is then exact for
+any T, windows empty out by themselves as T moves, and a sum is one left fold over the window's events
+in (event_time, member) order, which the point-in-time SQL of training sets and the feature log
+reproduces bit for bit. Partial sums would break that: floating-point addition does not associate.
+
+Exact tiles keep it while sparing a busy entity's reads the cost of parsing every event (about 0.6 µs
+each in Lua, so 1 ms for a merchant's 1,600 events of a day): a tiled entity also keeps, per numeric
+field and per tile of ``Entity.tile`` width, the values themselves, packed. A read folds the raw events
+at the window's edges and the tiles' unpacked values between, the same numbers in the same order, so
+the same result. The apply script rebuilds every tile a batch touches from the events the tile's span
+now holds (late, out-of-order and duplicate events included); a read trusts a tile only when its length
+equals its span's event count and reads the events otherwise; tiles are trimmed and expire with their
+events. Reads use tiles only when a window holds many more events than tiles. Idempotency is by
 event id: an id already in ``meta:seen`` is a duplicate and changes nothing, so applying the same
 offsets twice is harmless. Events older than the kept horizon (longest window + online retention +
 out-of-orderness + lateness behind the partition clock) are trimmed from both sets as the clock moves;
@@ -107,6 +124,14 @@ class KeyLayout:
         """The events of one entity id."""
         return f"{self._events}{entity}:{entity_id}}}"
 
+    def tiles(self, entity: str, entity_id: str, field: str) -> str:
+        """The exact tiles of one entity id's ``field`` (tiled entities only, see :class:`EntityLayout`)."""
+        return f"{self.prefix}:tl:{{{entity}:{entity_id}}}:{field}"
+
+    def tiles_prefix(self, events_key: str) -> str:
+        """``tiles(e, i, f) == tiles_prefix(events(e, i)) + f``."""
+        return f"{self.prefix}:tl:{events_key[len(self._events) - 1 :]}:"
+
     def events_prefix(self, entity: str) -> str:
         """What every one of ``entity``'s events keys starts with: ``events(e, i) == prefix + i + "}"``."""
         return f"{self._events}{entity}:"
@@ -135,6 +160,7 @@ class RedisOnlineStore:
             + settings.stream.allowed_lateness_ms
         )
         self._layouts: dict[str, EntityLayout] | None = None
+        self._tiling_plan: list[tuple[str, int, list[tuple[int, str]]]] | None = None
         self._default_layout_json = {
             e.name: _layout_json(registry.layout(e.name)) for e in registry.entities()
         }
@@ -264,9 +290,19 @@ class RedisOnlineStore:
             *by_key,
         ]
         args: list[str | int] = [self._ttl_ms, trim, len(event_ids), *event_ids, *event_times, len(by_key)]
-        for scored in by_key.values():
+        tiling = self._tiling()
+        for key, scored in by_key.items():
             args.append(len(scored) // 2)
             args += scored
+            for prefix, tile_ms, fields in tiling:
+                if key.startswith(prefix):
+                    args += (tile_ms, len(fields))
+                    for position, field in fields:
+                        args += (position, len(keys) + 1)  # KEYS index, from 1
+                        keys.append(f"{self.keys.tiles_prefix(key)}{field}")
+                    break
+            else:
+                args.append(0)
         args.append(len(batch.checkpoints))
         for ckpt in batch.checkpoints:
             max_time = "" if ckpt.max_event_time_ms is None else str(ckpt.max_event_time_ms)
@@ -282,6 +318,21 @@ class RedisOnlineStore:
         # Packed here rather than by redis-py, whose packing visits every argument in Python first.
         command = ("EVALSHA", self._apply.sha, len(keys), *keys, *args)
         return PreparedWrite(hiredis.pack_command(command))  # type: ignore[arg-type]  # stub: a 1-tuple
+
+    def _tiling(self) -> list[tuple[str, int, list[tuple[int, str]]]]:
+        """Per tiled entity of the generation: its events keys' prefix, tile width, and each tiled
+        field's position in the member (1 = first field) and name."""
+        if self._tiling_plan is None:
+            self._tiling_plan = [
+                (
+                    self.keys.events_prefix(entity),
+                    layout.tile_ms,
+                    [(layout.fields.index(name) + 1, name) for name in layout.tiled_fields],
+                )
+                for entity, layout in self.layouts().items()
+                if layout.tile_ms
+            ]
+        return self._tiling_plan
 
     def write_prepared(self, prepared: PreparedWrite) -> int | None:
         """Apply a batch :meth:`prepare` encoded (atomically, as :meth:`write` does; same result)."""
@@ -488,7 +539,10 @@ def generation_layouts(
 
 
 def _layout_json(layout: EntityLayout) -> str:
-    return json.dumps({"fields": list(layout.fields), "max_window_ms": layout.max_window_ms})
+    data: dict[str, Any] = {"fields": list(layout.fields), "max_window_ms": layout.max_window_ms}
+    if layout.tile_ms:
+        data |= {"tile_ms": layout.tile_ms, "tiled_fields": list(layout.tiled_fields)}
+    return json.dumps(data)
 
 
 def _spans_json(spans: Sequence[HistorySpan]) -> str:
@@ -499,7 +553,12 @@ def _spans_json(spans: Sequence[HistorySpan]) -> str:
 
 def _parse_layout(raw: bytes | str) -> EntityLayout:
     data = json.loads(raw)
-    return EntityLayout(tuple(data["fields"]), int(data["max_window_ms"]))
+    return EntityLayout(
+        tuple(data["fields"]),
+        int(data["max_window_ms"]),
+        int(data.get("tile_ms", 0)),
+        tuple(data.get("tiled_fields", ())),
+    )
 
 
 def text(value: bytes | str) -> str:
