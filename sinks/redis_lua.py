@@ -17,7 +17,14 @@ separator 0x1f cannot occur inside them. Lua's ``unpack`` is limited to a few th
 so variadic calls go in chunks of ``CHUNK``.
 """
 
-APPLY_BATCH = r"""
+TILE_MIN_EVENTS = 8
+"""A tile is kept for a span of at least this many events, and read for a window that averages as many
+per tile: below that, reading the events raw is cheaper than a tile's bookkeeping."""
+_TILE_CONSTANT = f"local TILE_MIN_EVENTS = {TILE_MIN_EVENTS}\n"
+
+APPLY_BATCH = (
+    _TILE_CONSTANT
+    + r"""
 -- KEYS: checkpoints hash, clock string, counters hash, seen zset, pending-history hash, apply_seq
 --       string, then one events zset per entity id, then the tiles zsets of tiled entities' ids
 -- ARGV: ttl_ms, trim_before, n_events, the n event ids, their n event times,
@@ -111,13 +118,18 @@ for k = 1, n_keys do
       local t = math.floor(tonumber(ARGV[scored0 + 2 * j]) / tile_ms)
       if t >= keep_from and not touched[t] then
         touched[t] = true
-        local members = redis.call('ZRANGEBYSCORE', key, int(t * tile_ms), '(' .. int((t + 1) * tile_ms))
+        local from, to = int(t * tile_ms), '(' .. int((t + 1) * tile_ms)
+        -- A span of few events is cheaper to read raw, and a read does so for a span without a tile
+        -- (a span only grows, but by trimming, so no stale tile of more events can be left there).
+        if redis.call('ZCOUNT', key, from, to) >= TILE_MIN_EVENTS then
+        local members = redis.call('ZRANGEBYSCORE', key, from, to)
         local t_arg = int(t)
         for _, tile in ipairs(tiles) do
           local pattern, parts = tile[1], {}
           for i, member in ipairs(members) do parts[i] = pack('<d', tonumber(match(member, pattern))) end
           redis.call('ZREMRANGEBYSCORE', tile[2], t_arg, t_arg)
-          if #parts > 0 then redis.call('ZADD', tile[2], t_arg, t_arg .. ':' .. table.concat(parts)) end
+          redis.call('ZADD', tile[2], t_arg, t_arg .. ':' .. table.concat(parts))
+        end
         end
       end
     end
@@ -150,6 +162,7 @@ if ARGV[a + 1] ~= '' then
 end
 return {n - duplicates - beyond, duplicates, seq}
 """
+)
 
 RECORD_LAYOUT = r"""
 -- KEYS: the generation's layout hash. ARGV: [entity, layout JSON] * n: the writer's definitions.
@@ -158,7 +171,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(AR
 return redis.call('HGETALL', KEYS[1])
 """
 
-READ_FEATURES = r"""
+READ_FEATURES = (
+    _TILE_CONSTANT
+    + r"""
 -- KEYS: the live-generation pointer, or none to read ARGV[1]'s generation as it is
 -- ARGV: generation (used when there is no pointer or it is unset), entity, n_ids, ids...,
 --       as_of_ms ('' = the clock), retention_ms, default layout (JSON, used when the generation has
@@ -323,10 +338,11 @@ for k = 1, n_ids do
     local newest = redis.call('ZREVRANGEBYSCORE', key, as_of_arg, lo_arg[max_w], 'WITHSCORES', 'LIMIT', 0, 1)
     latest = tonumber(newest[2])
   end
-  -- Tiles pay when a window holds many more events than tiles; both ways give the same values.
+  -- Tiles pay when a window holds many more events than tiles (spans with fewer than TILE_MIN_EVENTS
+-- have none); both ways give the same values.
   local from_tiles, rows_w = {}, 0
   for fi, w in pairs(widest_of) do
-    if tiled[fi] and numeric[fi] and counts[w] > 4 * w / tile_ms then from_tiles[fi] = true
+    if tiled[fi] and numeric[fi] and counts[w] >= TILE_MIN_EVENTS * w / tile_ms then from_tiles[fi] = true
     elseif w > rows_w then rows_w = w end
   end
   local rows = {}
@@ -405,3 +421,4 @@ for k = 1, n_ids do
 end
 return out
 """
+)

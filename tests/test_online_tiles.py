@@ -201,3 +201,23 @@ def test_a_generation_recorded_without_tiles_is_read_and_written_without_them(
     newer.write(WriteBatch([_event("b", "busy", T0 + 1, 3.0, "c1")]))
     assert not redis_client.exists(newer.keys.tiles("merchant", "busy", "amount"))
     assert newer.read("merchant", ["busy"], ["m_sum_1h"], T0 + 1).rows[0]["m_sum_1h"].value == 5.0
+
+
+def test_spans_of_few_events_keep_no_tile_and_are_read_from_the_events(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    tiled, untiled = _stores(stack, "tiles-sparse")
+    # Six 10-minute spans: 30, 3, 30, 7, 8 and 30 events.
+    sizes = [30, 3, 30, 7, 8, 30]
+    batch = [
+        _event(f"s{span}-{i:02d}", "m", T0 + span * TILE_MS + i * 5_000, 0.1 * (i + 1) + span, "c1")
+        for span, size in enumerate(sizes)
+        for i in range(size)
+    ]
+    as_of = T0 + len(sizes) * TILE_MS - 1
+    for store in (tiled, untiled):
+        store.write(WriteBatch(batch, [PartitionCheckpoint("transactions", 0, len(batch), as_of)]))
+    kept = redis_client.zrange(tiled.keys.tiles("merchant", "m", "amount"), 0, -1, withscores=True)
+    assert [int(score) - T0 // TILE_MS for _, score in kept] == [0, 2, 4, 5]
+    for at in (as_of, as_of - 7 * MINUTE, as_of - 10 * MINUTE, as_of + 30 * MINUTE):
+        assert _bits(tiled, ["m"], at) == _bits(untiled, ["m"], at)
