@@ -358,6 +358,25 @@ class RedisOnlineStore:
         finally:
             pool.release(connection)
 
+    def _send_many(self, commands: list[bytes]) -> list[Any]:
+        """Packed commands in one round trip; per command its reply, or the error reply it got."""
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(commands)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.exceptions.ResponseError as error:  # the reply was read: the rest follow
+                    replies.append(error)
+            return replies
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
     def pending_history(self) -> list[PendingHistory]:
         """Applied batches whose history is not confirmed written, in apply order."""
         pending = [
@@ -402,14 +421,25 @@ class RedisOnlineStore:
         plans = [
             (request, [self._registry.feature(name) for name in request.features]) for request in requests
         ]
+        keys = self._read_keys
         for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for request, specs in plans:
-                args = self._read_args(
-                    request.entity, request.entity_ids, specs, request.as_of_ms, request.pending
+            # Packed here rather than by a redis-py pipeline, which visits every argument in Python
+            # first: a tenth of a millisecond of a Score's.
+            commands = [
+                hiredis.pack_command(
+                    (  # type: ignore[arg-type]  # stub: a 1-tuple
+                        "EVALSHA",
+                        self._read.sha,
+                        len(keys),
+                        *keys,
+                        *self._read_args(
+                            request.entity, request.entity_ids, specs, request.as_of_ms, request.pending
+                        ),
+                    )
                 )
-                pipe.evalsha(self._read.sha, len(self._read_keys), *self._read_keys, *args)
-            replies = pipe.execute(raise_on_error=False)
+                for request, specs in plans
+            ]
+            replies = self._send_many(commands)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 self._read.sha = self._redis.script_load(READ_FEATURES)  # e.g. after SCRIPT FLUSH
                 continue

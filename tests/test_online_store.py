@@ -19,6 +19,7 @@ from sinks.online import (
     NoClockError,
     PartitionCheckpoint,
     PendingHistory,
+    ReadRequest,
     WriteBatch,
 )
 from sinks.redis_online import RedisOnlineStore
@@ -257,3 +258,19 @@ def test_columns_write_exactly_what_events_write(stack: Settings, redis_client: 
     assert rows == _generation_state(redis_client, "cols")
     assert by_columns.counters()["duplicates"] == 2
     assert len(rows) > 5
+
+
+def test_writes_and_reads_survive_a_script_flush(stack: Settings, redis_client: redis.Redis) -> None:
+    """After SCRIPT FLUSH (or a Redis restart) the store loads its scripts again instead of failing."""
+    store = _store(stack, "flush")
+    store.write(WriteBatch([_event("a", "c1", T0, 1.0)]))
+    redis_client.script_flush()
+    store.write(
+        WriteBatch([_event("b", "c1", T0 + 1, 2.0)], [PartitionCheckpoint("transactions", 0, 2, T0 + 1)])
+    )
+    redis_client.script_flush()
+    read = ReadRequest("card", ["c1"], ["card_amount_sum_1h"], T0 + 1)
+    too_old = ReadRequest("card", ["c1"], ["card_amount_sum_1h"], T0 - store.retention_ms - 10)
+    answers = store.read_many([read, too_old, read])
+    assert [a.rows[0]["card_amount_sum_1h"].value for a in (answers[0], answers[2])] == [3.0, 3.0]
+    assert isinstance(answers[1], AsOfTooOldError)
