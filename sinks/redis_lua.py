@@ -20,10 +20,17 @@ so variadic calls go in chunks of ``CHUNK``.
 TILE_MIN_EVENTS = 8
 """A tile is kept for a span of at least this many events, and read for a window that averages as many
 per tile: below that, reading the events raw is cheaper than a tile's bookkeeping."""
-_TILE_CONSTANT = f"local TILE_MIN_EVENTS = {TILE_MIN_EVENTS}\n"
+# What both scripts share: the tile threshold, and how a member's field fi (1 = the first after the id)
+# is found.
+_PRELUDE = (
+    f"local TILE_MIN_EVENTS = {TILE_MIN_EVENTS}\n"
+    + r"""
+local function field_pattern(fi) return '^[^\31]*' .. string.rep('\31[^\31]*', fi - 1) .. '\31([^\31]*)' end
+"""
+)
 
 APPLY_BATCH = (
-    _TILE_CONSTANT
+    _PRELUDE
     + r"""
 -- KEYS: checkpoints hash, clock string, counters hash, seen zset, pending-history hash, apply_seq
 --       string, then one events zset per entity id, then the tiles zsets of tiled entities' ids
@@ -40,7 +47,6 @@ APPLY_BATCH = (
 local CHUNK = 1000
 local match, pack = string.match, struct.pack
 local function int(x) return string.format('%d', x) end
-local function field_pattern(fi) return '^[^\31]*' .. string.rep('\31[^\31]*', fi - 1) .. '\31([^\31]*)' end
 local ttl, trim_arg = ARGV[1], ARGV[2]
 local trim = tonumber(trim_arg)
 local seen = KEYS[4]
@@ -122,14 +128,14 @@ for k = 1, n_keys do
         -- A span of few events is cheaper to read raw, and a read does so for a span without a tile
         -- (a span only grows, but by trimming, so no stale tile of more events can be left there).
         if redis.call('ZCOUNT', key, from, to) >= TILE_MIN_EVENTS then
-        local members = redis.call('ZRANGEBYSCORE', key, from, to)
-        local t_arg = int(t)
-        for _, tile in ipairs(tiles) do
-          local pattern, parts = tile[1], {}
-          for i, member in ipairs(members) do parts[i] = pack('<d', tonumber(match(member, pattern))) end
-          redis.call('ZREMRANGEBYSCORE', tile[2], t_arg, t_arg)
-          redis.call('ZADD', tile[2], t_arg, t_arg .. ':' .. table.concat(parts))
-        end
+          local members = redis.call('ZRANGEBYSCORE', key, from, to)
+          local t_arg = int(t)
+          for _, tile in ipairs(tiles) do
+            local pattern, parts = tile[1], {}
+            for i, member in ipairs(members) do parts[i] = pack('<d', tonumber(match(member, pattern))) end
+            redis.call('ZREMRANGEBYSCORE', tile[2], t_arg, t_arg)
+            redis.call('ZADD', tile[2], t_arg, t_arg .. ':' .. table.concat(parts))
+          end
         end
       end
     end
@@ -172,7 +178,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 READ_FEATURES = (
-    _TILE_CONSTANT
+    _PRELUDE
     + r"""
 -- KEYS: the live-generation pointer, or none to read ARGV[1]'s generation as it is
 -- ARGV: generation (used when there is no pointer or it is unset), entity, n_ids, ids...,
@@ -241,14 +247,12 @@ end
 -- one, its length the window's count), and each field is parsed once, over the widest window that
 -- folds it. A busy entity's request costs its members once, not once per feature.
 local function num(x) return string.format('%.17g', x) end
-local function field_pattern(fi) return '^[^\31]*' .. string.rep('\31[^\31]*', fi - 1) .. '\31([^\31]*)' end
 local as_of_arg = num(as_of)
-local widths, lo_arg, field_w, widest_of = {}, {}, 0, {}
+local widths, lo_arg, widest_of = {}, {}, {}
 for i = 1, nf do
   local w, fi = specs[i][2], specs[i][3]
   if not lo_arg[w] then widths[#widths + 1] = w; lo_arg[w] = '(' .. num(as_of - w) end
   if fi > 0 then
-    if w > field_w then field_w = w end
     if not widest_of[fi] or w > widest_of[fi] then widest_of[fi] = w end
   end
 end

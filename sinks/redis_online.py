@@ -128,10 +128,6 @@ class KeyLayout:
         """The exact tiles of one entity id's ``field`` (tiled entities only, see :class:`EntityLayout`)."""
         return f"{self.prefix}:tl:{{{entity}:{entity_id}}}:{field}"
 
-    def tiles_prefix(self, events_key: str) -> str:
-        """``tiles(e, i, f) == tiles_prefix(events(e, i)) + f``."""
-        return f"{self.prefix}:tl:{events_key[len(self._events) - 1 :]}:"
-
     def events_prefix(self, entity: str) -> str:
         """What every one of ``entity``'s events keys starts with: ``events(e, i) == prefix + i + "}"``."""
         return f"{self._events}{entity}:"
@@ -160,7 +156,7 @@ class RedisOnlineStore:
             + settings.stream.allowed_lateness_ms
         )
         self._layouts: dict[str, EntityLayout] | None = None
-        self._tiling_plan: list[tuple[str, int, list[tuple[int, str]]]] | None = None
+        self._tiling_plan: list[tuple[str, str, int, list[tuple[int, str]]]] | None = None
         self._default_layout_json = {
             e.name: _layout_json(registry.layout(e.name)) for e in registry.entities()
         }
@@ -294,12 +290,13 @@ class RedisOnlineStore:
         for key, scored in by_key.items():
             args.append(len(scored) // 2)
             args += scored
-            for prefix, tile_ms, fields in tiling:
+            for entity, prefix, tile_ms, fields in tiling:
                 if key.startswith(prefix):
+                    entity_id = key[len(prefix) : -1]
                     args += (tile_ms, len(fields))
                     for position, field in fields:
                         args += (position, len(keys) + 1)  # KEYS index, from 1
-                        keys.append(f"{self.keys.tiles_prefix(key)}{field}")
+                        keys.append(self.keys.tiles(entity, entity_id, field))
                     break
             else:
                 args.append(0)
@@ -319,12 +316,13 @@ class RedisOnlineStore:
         command = ("EVALSHA", self._apply.sha, len(keys), *keys, *args)
         return PreparedWrite(hiredis.pack_command(command))  # type: ignore[arg-type]  # stub: a 1-tuple
 
-    def _tiling(self) -> list[tuple[str, int, list[tuple[int, str]]]]:
-        """Per tiled entity of the generation: its events keys' prefix, tile width, and each tiled
-        field's position in the member (1 = first field) and name."""
+    def _tiling(self) -> list[tuple[str, str, int, list[tuple[int, str]]]]:
+        """Per tiled entity of the generation: its name, its events keys' prefix, tile width, and each
+        tiled field's position in the member (1 = first field) and name."""
         if self._tiling_plan is None:
             self._tiling_plan = [
                 (
+                    entity,
                     self.keys.events_prefix(entity),
                     layout.tile_ms,
                     [(layout.fields.index(name) + 1, name) for name in layout.tiled_fields],
@@ -344,22 +342,15 @@ class RedisOnlineStore:
         return int(reply[2]) or None
 
     def _send(self, command: bytes) -> Any:
-        """One packed command's round trip on a pooled connection (dropped if it fails mid-way)."""
-        pool = self._redis.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([command])
-            return connection.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # an error reply: the connection is in a clean state
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
+        """One packed command's round trip; its error reply raised."""
+        (reply,) = self._send_many([command])
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return reply
 
     def _send_many(self, commands: list[bytes]) -> list[Any]:
-        """Packed commands in one round trip; per command its reply, or the error reply it got."""
+        """Packed commands in one round trip on a pooled connection (dropped if it fails mid-way); per
+        command its reply, or the error reply it got."""
         pool = self._redis.connection_pool
         connection = pool.get_connection()
         try:
