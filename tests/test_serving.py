@@ -374,7 +374,9 @@ def test_freezing_the_start_up_heap_keeps_it_out_of_collection(client: FeatureCl
     assert any(o is alive_at_start_up for o in gc.get_objects())
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 0
+        # Frozen objects still die by reference count, and threads left by earlier tests free some
+        # between the two calls; nothing joins the frozen generation without another freeze.
+        assert 0 < gc.get_freeze_count() <= frozen
         assert not any(o is alive_at_start_up for o in gc.get_objects())
         answer = client.get_online_features("card", ["c1"], ["card_txn_count_1h"])
         assert answer.value("c1", "card_txn_count_1h") == 3
