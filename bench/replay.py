@@ -11,6 +11,10 @@ One run, on a local stack of its own:
    decoding alone cost on one thread, which a replay pays too (its partition readers fetch in
    librdkafka's threads, so it is a reference, not a hard ceiling).
 
+Live serving continues during a replay, on the same Redis: a separate process reads every card feature
+of the live generation for random cards, one read at a time, while the replay runs, and in the same run
+for 5 s before it with nothing else running (the baseline). Its latencies are reported and plotted.
+
 Target (from the issue): replay at least 3x the live pipeline's rate, with verify showing 0 differences.
 
 Example:
@@ -21,12 +25,33 @@ Example:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import random
 import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 
-from bench.common import Check, Table, isolated_stack, raw_consume_decode, say, write_results
+import redis
+
+from bench.common import (
+    RESULTS_DIR,
+    Check,
+    Table,
+    fmt_ms,
+    isolated_stack,
+    latency_stats,
+    plot_latency_cdfs,
+    raw_consume_decode,
+    say,
+    write_results,
+)
+from highwater.settings import Settings
 from replay.replay import replay
 from replay.verify import verify
 from schemas.catalog import FRAUD_LABELS, TRANSACTIONS
+from sinks.redis_online import KeyLayout, RedisOnlineStore
+from streams.features import REGISTRY
 from streams.job import run_job
 from streams.kafka_source import log_end_offsets
 from streams.producer import EventProducer
@@ -34,6 +59,70 @@ from streams.synthetic import SyntheticStream
 
 NAME = "replay"
 TARGET_SPEEDUP = 3.0
+IDLE_READS_S = 5.0
+
+
+@dataclass
+class LiveReads:
+    """Latencies of the live reads of one phase."""
+
+    label: str
+    samples_ms: list[float] = field(default_factory=list)
+
+
+def read_live(settings_json: str, card_ids: list[str], ready: Event, stop: Event, out: Connection) -> None:
+    """In its own process: read every card feature of the live generation for a random card, one read
+    after another 2 ms apart, until ``stop``; send the latencies (ms) to ``out``."""
+    store = RedisOnlineStore.from_settings(Settings.model_validate_json(settings_json), follow_live=True)
+    features = [f.name for f in REGISTRY.features_of("card")]
+    rng = random.Random(5)
+    samples: list[float] = []
+    while not stop.is_set():
+        card = rng.choice(card_ids)
+        started = time.perf_counter()
+        store.read("card", [card], features)
+        samples.append((time.perf_counter() - started) * 1e3)
+        ready.set()
+        time.sleep(0.002)
+    out.send(samples)
+
+
+class LiveReader:
+    """:func:`read_live` in a process of its own (serving has its own process: no shared GIL)."""
+
+    def __init__(self, settings: Settings, card_ids: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._stop = context.Event(), context.Event()
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=read_live, args=(settings.model_dump_json(), card_ids, self._ready, self._stop, send)
+        )
+
+    def __enter__(self) -> LiveReader:
+        self._process.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the live reader did not read within 60 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def samples(self) -> list[float]:
+        """The latencies, once the reader stopped."""
+        samples: list[float] = self._receive.recv()
+        self._process.join(30)
+        return samples
+
+
+def live_card_ids(settings: Settings, limit: int = 2_000) -> list[str]:
+    """Up to ``limit`` card ids with events in the live generation."""
+    prefix = KeyLayout(settings.online.generation).events_prefix("card")
+    ids = []
+    for key in redis.Redis.from_url(settings.redis_url).scan_iter(match=f"{prefix}*", count=1_000):
+        ids.append(key.decode()[len(prefix) : -1])
+        if len(ids) == limit:
+            break
+    return ids
 
 
 def main() -> None:
@@ -60,7 +149,14 @@ def main() -> None:
         started = time.perf_counter()
         live_records = run_job(until_end=True, settings=settings, label="live")
         live_s = time.perf_counter() - started
-        replayed = replay(settings, "r1")
+        cards = live_card_ids(settings)
+        reads = [LiveReads("live reads, nothing else running"), LiveReads("live reads during the replay")]
+        with LiveReader(settings, cards) as idle:
+            time.sleep(IDLE_READS_S)
+        reads[0].samples_ms = idle.samples()
+        with LiveReader(settings, cards) as during:
+            replayed = replay(settings, "r1")
+        reads[1].samples_ms = during.samples()
         checked = verify(settings, settings.online.generation, "r1")
         raw_runs.append(raw_consume_decode(settings, spans, "raw consume+batch decode (after)", True))
 
@@ -114,6 +210,29 @@ def main() -> None:
             ["the target: 3x live", f"{TARGET_SPEEDUP * live_rate:,.0f}", f"{TARGET_SPEEDUP:.2f}x"],
         ],
     )
+    read_stats = [latency_stats(r.samples_ms) for r in reads]
+    read_table = Table(
+        "Live reads (all card features of one card, GetOnlineFeatures' store read) from another process",
+        ["Phase", "Reads", "p50 ms", "p99 ms", "p99.9 ms", "max ms"],
+        [
+            [
+                r.label,
+                f"{st['n']:,}",
+                fmt_ms(st["p50"]),
+                fmt_ms(st["p99"]),
+                fmt_ms(st["p99.9"]),
+                fmt_ms(st["max"]),
+            ]
+            for r, st in zip(reads, read_stats, strict=True)
+        ],
+    )
+    plot_latency_cdfs(
+        reads,
+        RESULTS_DIR / f"{NAME}.png",
+        title="Live reads while idle and during a replay on the same Redis",
+        targets={},
+        solid=lambda label: "during" in label,
+    )
     examples = [f"{d.kind} at {d.where}: {d.a_value!r} vs {d.b_value!r}" for d in checked.differences[:10]]
     notes = [
         "The replay is the stream job itself with a generation of its own (keys, tables, consumer group), "
@@ -127,6 +246,10 @@ def main() -> None:
         "consumer, decoding on one thread, nothing written); the target would need "
         f"{TARGET_SPEEDUP * live_rate / raw_rate:.0%} of it, with every record also applied to Redis and "
         "written to history on the same 2 CPUs.",
+        "Both runs apply a batch of more than online.script_max_entries entries in parts, by key, then "
+        "its checkpoints in one more script (sinks.redis_online, staged writes), so a live read waits "
+        "behind one part or one batch's last script rather than a whole batch's script. "
+        "HIGHWATER_ONLINE__SCRIPT_MAX_ENTRIES=1000000000 gives one script per batch, for comparison.",
         "Both runs write history to the local ClickHouse part (chDB behind its HTTP interface) on a writer "
         "that trails the online writes (streams.apply_sink), and share the machine's 2 CPUs with the "
         "broker, Redis and that part.",
@@ -137,6 +260,7 @@ def main() -> None:
         "live": {"seconds": live_s, "rate": live_rate},
         "replay": {"seconds": replayed.seconds, "rate": replayed.rate},
         "speedup": speedup,
+        "live_reads": {r.label: st for r, st in zip(reads, read_stats, strict=True)},
         "raw_consume_batch_decode": {"runs": [list(r) for r in raw_runs], "rate_mean": raw_rate},
         "verify": {
             "differences": checked.difference_count,
@@ -146,7 +270,15 @@ def main() -> None:
             "seconds": checked.seconds,
         },
     }
-    write_results(NAME, "Replay throughput", tables=[table, ceiling], checks=checks, notes=notes, data=data)
+    write_results(
+        NAME,
+        "Replay throughput",
+        tables=[table, ceiling, read_table],
+        checks=checks,
+        notes=notes,
+        data=data,
+        plot=f"{NAME}.png",
+    )
 
 
 if __name__ == "__main__":

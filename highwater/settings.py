@@ -88,6 +88,14 @@ class OnlineSettings(BaseModel):
     materialize: bool = Field(
         True, description="Whether the job writes events online; off: only checkpoints and counters."
     )
+    script_max_entries: int = Field(
+        1_000,
+        ge=1,
+        description="Most event entries (one per event and entity id) one write script applies. Redis runs "
+        "one script at a time, so a larger batch (a job catching up, a replay) is applied by several "
+        "scripts, its events grouped by key, then its checkpoints, counters and clock by one more: reads "
+        "never wait behind a whole batch.",
+    )
 
 
 class OfflineSettings(BaseModel):

@@ -41,6 +41,8 @@ APPLY_BATCH = (
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate,
 --       the batch's history spans ('' = no history: no apply sequence number either)
 -- Returns {applied, duplicates, apply_seq (0 = none)}
+-- A large batch is applied as parts of entries alone (n_events 0, no checkpoints, counters, clock or
+-- spans), then one script of its ids and the rest with no keys (see RedisOnlineStore.write_prepared).
 -- A member is its event's id, then 0x1f and the entity's fields. Every value is its own argument, so
 -- nothing is parsed here but the members of tiles the batch touched, and a key's entries go to ZADD
 -- straight from ARGV when no event of the batch is skipped (the usual case).
@@ -145,7 +147,9 @@ for k = 1, n_keys do
     end
   end
 end
-redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. trim_arg)
+-- A script of entries alone (a part of a staged batch, no ids) leaves the index as it is: the batch's
+-- last script checks its ids against it as it was before the batch.
+if n > 0 then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. trim_arg) end
 local n_ckpt = tonumber(ARGV[a]); a = a + 1
 for i = 1, n_ckpt do
   redis.call('HSET', KEYS[1], ARGV[a], ARGV[a + 1]); a = a + 2

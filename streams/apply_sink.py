@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -350,8 +351,12 @@ class ApplySink(DynamicSink[ClassifiedBatch]):
         self._progress = progress
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ApplyPartition:
-        store = RedisOnlineStore.from_settings(self._settings, self._registry)
-        offline = (
-            ClickHouseOfflineStore.from_settings(self._settings) if self._settings.offline.history else None
-        )
-        return _ApplyPartition(self._settings, store, offline, self._registry, self._progress)
+        settings = self._settings
+        if worker_count > 1:
+            # Staged writes of large batches assume one writer per generation (see
+            # RedisOnlineStore.write_prepared); several workers apply each batch in one script.
+            settings = settings.model_copy(deep=True)
+            settings.online.script_max_entries = sys.maxsize
+        store = RedisOnlineStore.from_settings(settings, self._registry)
+        offline = ClickHouseOfflineStore.from_settings(settings) if settings.offline.history else None
+        return _ApplyPartition(settings, store, offline, self._registry, self._progress)
