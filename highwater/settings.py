@@ -93,8 +93,8 @@ class OnlineSettings(BaseModel):
         ge=1,
         description="Most event entries (one per event and entity id) one write script applies. Redis runs "
         "one script at a time, so a larger batch (a job catching up, a replay) is applied by several "
-        "scripts, its events grouped by key, then its checkpoints, counters and clock by one more: reads "
-        "never wait behind a whole batch.",
+        "scripts, its events grouped by key, then its ids, checkpoints, counters and clock by one more: a "
+        "read waits behind one of these, not behind a script of the whole batch.",
     )
 
 
