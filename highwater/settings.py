@@ -65,6 +65,20 @@ class StreamSettings(BaseModel):
     replay_batch_size: int = Field(
         10_000, ge=1, description="Most records taken from one partition per poll during a replay."
     )
+    apply_chunk_records: int = Field(
+        0,
+        ge=0,
+        description="0: each polled batch is applied online as it comes (the live job: freshness). N: "
+        "batches are gathered into chunks of at least N records, each written in bulk (replays set it "
+        "from replay_chunk_records).",
+    )
+    replay_chunk_records: int = Field(
+        250_000,
+        ge=1,
+        description="Records a replay gathers into one chunk and writes online in bulk (sinks.redis_bulk): "
+        "larger chunks cost Redis less per event (a key's events of a chunk go in one command) and "
+        "take more memory; a replay stopped mid-chunk re-reads that chunk.",
+    )
 
 
 class OnlineSettings(BaseModel):

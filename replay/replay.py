@@ -181,6 +181,7 @@ def replay(
     target.offline.history = "history" in targets
     # No freshness to keep: larger batches; and no second copy of what the live job routed already.
     target.stream.batch_size = settings.stream.replay_batch_size
+    target.stream.apply_chunk_records = settings.stream.replay_chunk_records
     target.stream.route_side_topics = False
     topics = source_topics(target, registry)
     options = {"from": start, "to": end or "", "targets": ",".join(targets)}

@@ -39,7 +39,8 @@ APPLY_BATCH = (
 --       the entity keeps no tiles) and, when not 0, n_tiled, [field position, KEYS index of the field's
 --       tiles] * n_tiled;
 --       n_checkpoints, [field, value] * n, n_counters, [name, increment] * n, clock_candidate,
---       the batch's history spans ('' = no history: no apply sequence number either)
+--       the batch's history spans ('' = no history: no apply sequence number either), and optionally
+--       a bulk write's seen-merge record (stored at the seen key's name + '_merge', see sinks.redis_bulk)
 -- Returns {applied, duplicates, apply_seq (0 = none)}
 -- A large batch is applied as parts of entries alone (n_events 0, no checkpoints, counters, clock or
 -- spans), then one script of its ids and the rest with no keys (see RedisOnlineStore.write_prepared).
@@ -170,6 +171,7 @@ if ARGV[a + 1] ~= '' then
   seq = redis.call('INCR', KEYS[6])
   redis.call('HSET', KEYS[5], seq, ARGV[a + 1])
 end
+if ARGV[a + 2] then redis.call('SET', seen .. '_merge', ARGV[a + 2]) end
 return {n - duplicates - beyond, duplicates, seq}
 """
 )

@@ -141,6 +141,7 @@ class KeyLayout:
         self.clock = f"{self.prefix}:meta:clock"
         self.counters = f"{self.prefix}:meta:counters"
         self.seen = f"{self.prefix}:meta:seen"
+        self.seen_merge = f"{self.seen}_merge"  # the name APPLY_BATCH derives from the seen key
         self.apply_seq = f"{self.prefix}:meta:apply_seq"
         self.history_pending = f"{self.prefix}:meta:history_pending"
         self.layout = f"{self.prefix}:meta:layout"
@@ -207,6 +208,11 @@ class RedisOnlineStore:
         return cls(client, settings, registry, follow_live=follow_live)
 
     @property
+    def ttl_ms(self) -> int:
+        """The processing-time TTL every write gives the keys it touches."""
+        return self._ttl_ms
+
+    @property
     def keep_ms(self) -> int:
         """How far behind its partition's clock an event is still kept (from the generation's layout)."""
         return self._margin_ms + max(layout.max_window_ms for layout in self.layouts().values())
@@ -235,14 +241,9 @@ class RedisOnlineStore:
         """
         return self.write_prepared(self.prepare(batch))
 
-    def prepare(self, batch: WriteBatch) -> PreparedWrite:
-        """The command that applies ``batch``, encoded: the CPU-bound half of :meth:`write`.
-
-        A writer that keeps a round trip in flight prepares the next batch meanwhile, on its own thread.
-
-        Example:
-            >>> store.write_prepared(store.prepare(batch))   # what store.write(batch) does  # doctest: +SKIP
-        """
+    def clock_and_trim(self, batch: WriteBatch) -> tuple[int | None, int]:
+        """The batch's clock candidate (its highest partition clock; None: no feature topic's) and the
+        event time below which its write skips and trims events (0: none)."""
         # Only feature topics move the clock: a history-only topic's times (label_time) are another clock.
         partition_max = max(
             (
@@ -255,6 +256,17 @@ class RedisOnlineStore:
         # Trimming by the batch's highest partition clock is safe: reads never reach below
         # clock - retention - longest window, and keep_ms is larger than that span.
         trim = (partition_max - self.keep_ms) if partition_max is not None else 0
+        return partition_max, trim
+
+    def prepare(self, batch: WriteBatch) -> PreparedWrite:
+        """The command that applies ``batch``, encoded: the CPU-bound half of :meth:`write`.
+
+        A writer that keeps a round trip in flight prepares the next batch meanwhile, on its own thread.
+
+        Example:
+            >>> store.write_prepared(store.prepare(batch))   # what store.write(batch) does  # doctest: +SKIP
+        """
+        partition_max, trim = self.clock_and_trim(batch)
         events_key = self.keys.events
         event_ids: list[str] = []
         event_times: list[int] = []
@@ -308,7 +320,7 @@ class RedisOnlineStore:
             counters["duplicates"] = counters.get("duplicates", 0) + repeated
         if sum(map(len, by_key.values())) // 2 <= self._script_max_entries:
             return PreparedWrite(
-                self._apply_command(
+                self.apply_command(
                     trim,
                     event_ids,
                     event_times,
@@ -330,12 +342,12 @@ class RedisOnlineStore:
             parts,
             [self._part_command(part, trim) for part in parts],
         )
-        command = self._apply_command(
+        command = self.apply_command(
             trim, event_ids, event_times, {}, batch.checkpoints, counters, partition_max, batch.history
         )
         return PreparedWrite(command, staged)
 
-    def _apply_command(
+    def apply_command(
         self,
         trim: int,
         event_ids: list[str],
@@ -345,9 +357,11 @@ class RedisOnlineStore:
         counters: dict[str, int],
         clock_candidate: int | None,
         history: Sequence[HistorySpan] | None,
+        seen_merge: str | None = None,
     ) -> bytes:
         """APPLY_BATCH of these events (ids checked against ``meta:seen`` and recorded there), these
-        entries per events key, checkpoints and counters, encoded."""
+        entries per events key, checkpoints and counters, encoded; with ``seen_merge``, the script also
+        stores that record (a bulk write's ids, :mod:`sinks.redis_bulk`) at ``KeyLayout.seen_merge``."""
         keys = [
             self.keys.checkpoints,
             self.keys.clock,
@@ -358,7 +372,7 @@ class RedisOnlineStore:
             *by_key,
         ]
         args: list[str | int] = [self._ttl_ms, trim, len(event_ids), *event_ids, *event_times, len(by_key)]
-        tiling = self._tiling()
+        tiling = self.tiling()
         for key, scored in by_key.items():
             args.append(len(scored) // 2)
             args += scored
@@ -381,6 +395,8 @@ class RedisOnlineStore:
             args += (name, increment)
         args.append("" if clock_candidate is None else clock_candidate)
         args.append("" if history is None else _spans_json(history))
+        if seen_merge is not None:
+            args.append(seen_merge)
         # Packed here rather than by redis-py, whose packing visits every argument in Python first.
         command = ("EVALSHA", self._apply.sha, len(keys), *keys, *args)
         return hiredis.pack_command(command)  # type: ignore[arg-type]  # stub: a 1-tuple
@@ -388,7 +404,7 @@ class RedisOnlineStore:
     def _part_command(self, part: dict[str, list[str | int]], trim: int) -> bytes:
         """APPLY_BATCH of entries alone: no ids (so ``meta:seen`` is neither read nor written), no
         checkpoints, counters or clock."""
-        return self._apply_command(trim, [], [], part, [], {}, None, None)
+        return self.apply_command(trim, [], [], part, [], {}, None, None)
 
     def _parts(
         self, by_key: dict[str, list[str | int]], trim: int | None
@@ -418,7 +434,7 @@ class RedisOnlineStore:
                 size = len(piece)
         return [part for part in parts if part]
 
-    def _tiling(self) -> list[tuple[str, str, int, list[tuple[int, str]]]]:
+    def tiling(self) -> list[tuple[str, str, int, list[tuple[int, str]]]]:
         """Per tiled entity of the generation: its name, its events keys' prefix, tile width, and each
         tiled field's position in the member (1 = first field) and name."""
         if self._tiling_plan is None:
@@ -451,11 +467,12 @@ class RedisOnlineStore:
                 if applied:
                     part = {key: _without(scored, applied) for key, scored in part.items()}
                     command = self._part_command(part, staged.trim)
-                self._apply_script(command)
-        reply = self._apply_script(prepared.command)
+                self.apply_script(command)
+        reply = self.apply_script(prepared.command)
         return int(reply[2]) or None
 
-    def _apply_script(self, command: bytes) -> Any:
+    def apply_script(self, command: bytes) -> Any:
+        """Send an encoded APPLY_BATCH (:meth:`apply_command`), loading the script if Redis lost it."""
         try:
             return self._send(command)
         except redis.exceptions.NoScriptError:  # e.g. after SCRIPT FLUSH or a Redis restart
@@ -470,7 +487,7 @@ class RedisOnlineStore:
             for i in range(0, len(event_ids), step)
         ]
         applied: set[str] = set()
-        for i, reply in zip(range(0, len(event_ids), step), self._send_many(commands), strict=True):
+        for i, reply in zip(range(0, len(event_ids), step), self.send_many(commands), strict=True):
             if isinstance(reply, Exception):
                 raise reply
             applied.update(
@@ -480,12 +497,12 @@ class RedisOnlineStore:
 
     def _send(self, command: bytes) -> Any:
         """One packed command's round trip; its error reply raised."""
-        (reply,) = self._send_many([command])
+        (reply,) = self.send_many([command])
         if isinstance(reply, redis.exceptions.ResponseError):
             raise reply
         return reply
 
-    def _send_many(self, commands: list[bytes]) -> list[Any]:
+    def send_many(self, commands: list[bytes]) -> list[Any]:
         """Packed commands in one round trip on a pooled connection (dropped if it fails mid-way); per
         command its reply, or the error reply it got."""
         pool = self._redis.connection_pool
@@ -567,7 +584,7 @@ class RedisOnlineStore:
                 )
                 for request, specs in plans
             ]
-            replies = self._send_many(commands)
+            replies = self.send_many(commands)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 self._read.sha = self._redis.script_load(READ_FEATURES)  # e.g. after SCRIPT FLUSH
                 continue

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 
 import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -48,7 +49,8 @@ from sinks.online import (
     PartitionCheckpoint,
     WriteBatch,
 )
-from sinks.redis_online import PreparedWrite, RedisOnlineStore
+from sinks.redis_bulk import finish_merge, write_bulk
+from sinks.redis_online import RedisOnlineStore
 from streams.classify_batch import LATE, LATE_REASON, OFFSET, ClassifiedBatch
 from streams.event_time import Classified, Fate
 from streams.features import REGISTRY, EntityLayout, FeatureRegistry, as_text
@@ -148,8 +150,25 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         self._history: deque[Future[None]] = deque()
         self._failed = False
         self._stopped_by: BaseException | None = None
+        # Replays gather batches into chunks of this many records, written in bulk (0: each batch as it
+        # comes, the live job's freshness). Bulk writes, like staged ones, need one writer per generation.
+        self._chunk_records = settings.stream.apply_chunk_records
+        self._gathered: list[ClassifiedBatch] = []
+        self._gathered_records = 0
+        if self._materialize:
+            finish_merge(store)  # a bulk write stopped after its commit left ids to record
 
     def write_batch(self, items: list[ClassifiedBatch]) -> None:
+        if self._chunk_records:  # a replay: gather a chunk, then write it in bulk
+            self._gathered += items
+            self._gathered_records += sum(item.records for item in items)
+            if self._gathered_records < self._chunk_records:
+                return
+            items, self._gathered, self._gathered_records = self._gathered, [], 0
+        self._write(items)
+
+    def _write(self, items: list[ClassifiedBatch]) -> None:
+        """Apply ``items`` online as one batch and queue their history (see the module docstring)."""
         batch = WriteBatch()
         history: list[tuple[str, pl.DataFrame]] = []
         keep_history = self._offline is not None
@@ -188,9 +207,11 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
             batch.history = tuple(spans)
         self._settle(self._online, keep=_MAX_IN_FLIGHT - 1)
         self._settle(self._history, keep=_MAX_HISTORY_LAG - 1)
-        # Encoded here, so this thread's next batch overlaps the round trip rather than the encoding.
-        prepared = self._store.prepare(batch)
-        online_write = self._online_writer.submit(self._apply_online, prepared, batch.checkpoints, records)
+        if self._chunk_records:  # planned on the writer's thread, mostly in polars, which frees the GIL
+            write = partial(write_bulk, self._store, batch)
+        else:  # encoded here, so this thread's next batch overlaps the round trip, not the encoding
+            write = partial(self._store.write_prepared, self._store.prepare(batch))
+        online_write = self._online_writer.submit(self._apply_online, write, batch.checkpoints, records)
         self._online.append(online_write)
         if batch.history is not None:
             self._history.append(self._history_writer.submit(self._write_history, history, online_write))
@@ -205,14 +226,14 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         self._store.confirm_history(seq)
 
     def _apply_online(
-        self, prepared: PreparedWrite, checkpoints: list[PartitionCheckpoint], records: int
+        self, write: Callable[[], int | None], checkpoints: list[PartitionCheckpoint], records: int
     ) -> int | None:
         if self._failed:
             raise RuntimeError("an earlier batch failed to be written; not applying later ones")
         try:
             if self._routed is not None:
                 self._routed.flush()  # the batch's late and malformed records first: none is lost
-            seq = self._store.write_prepared(prepared)
+            seq = write()
         except BaseException:
             self._failed = True
             raise
@@ -257,6 +278,9 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
             self._routed.flush()
         try:
             if self._stopped_by is None:
+                if self._gathered:  # the last chunk
+                    self._write(self._gathered)
+                    self._gathered = []
                 self._settle(self._online)
                 self._settle(self._history)
             else:  # the error went up already; raising again here would abort the process
@@ -353,10 +377,12 @@ class ApplySink(DynamicSink[ClassifiedBatch]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ApplyPartition:
         settings = self._settings
         if worker_count > 1:
-            # Staged writes of large batches assume one writer per generation (see
-            # RedisOnlineStore.write_prepared); several workers apply each batch in one script.
+            # Staged and bulk writes of large batches assume one writer per generation (see
+            # RedisOnlineStore.write_prepared and sinks.redis_bulk); several workers apply each batch
+            # in one script.
             settings = settings.model_copy(deep=True)
             settings.online.script_max_entries = sys.maxsize
+            settings.stream.apply_chunk_records = 0
         store = RedisOnlineStore.from_settings(settings, self._registry)
         offline = ClickHouseOfflineStore.from_settings(settings) if settings.offline.history else None
         return _ApplyPartition(settings, store, offline, self._registry, self._progress)

@@ -8,107 +8,25 @@ tiles, the idempotency index, checkpoints, counters, clock and pending history.
 
 from __future__ import annotations
 
-import random
 import sys
-from datetime import timedelta
 
 import pytest
 import redis
 
 from highwater.settings import Settings
-from sinks.online import AppliedEvent, EntityUpdate, HistorySpan, PartitionCheckpoint, WriteBatch
-from sinks.redis_online import RedisOnlineStore
-from streams.features import Aggregation, Entity, Feature, FeatureRegistry
 from tests.state import every_key
+from tests.write_schedules import batches, store_for
 
 pytestmark = pytest.mark.stack
-
-T0 = 1_772_409_600_000
-MINUTE = 60_000
-A = Aggregation
-REGISTRY = FeatureRegistry(
-    [Entity("card", "card_id"), Entity("merchant", "merchant_id", tile=timedelta(minutes=10))],
-    [
-        Feature("c_count_1h", "card", A.COUNT, timedelta(hours=1)),
-        Feature("c_sum_1h", "card", A.SUM, timedelta(hours=1), "amount"),
-        Feature("m_count_1h", "merchant", A.COUNT, timedelta(hours=1)),
-        Feature("m_sum_1h", "merchant", A.SUM, timedelta(hours=1), "amount"),
-    ],
-)
-
-
-def _store(stack: Settings, generation: str, script_max_entries: int) -> RedisOnlineStore:
-    settings = stack.for_generation(generation).model_copy(deep=True)
-    # A short horizon, so trimming and events beyond it happen within the hours these tests write.
-    settings.online.retention_ms = 15 * MINUTE
-    settings.stream.max_out_of_orderness_ms = MINUTE
-    settings.stream.allowed_lateness_ms = MINUTE
-    settings.online.script_max_entries = script_max_entries
-    return RedisOnlineStore.from_settings(settings, REGISTRY)
-
-
-def _event(txn: str, at: int, card: str, merchant: str, amount: float) -> AppliedEvent:
-    record = {"card_id": card, "merchant_id": merchant, "amount": amount}
-    return AppliedEvent(
-        txn,
-        at,
-        (
-            EntityUpdate("card", card, REGISTRY.payload_of("card", record)),
-            EntityUpdate("merchant", merchant, REGISTRY.payload_of("merchant", record)),
-        ),
-    )
-
-
-def _batches(seed: int) -> list[WriteBatch]:
-    """40 batches over 5 hours: a busy merchant (tiled) and a few quiet ones, many cards, coarse times; a
-    fifth delivered a few batches late, some far behind the horizon, and repeated ids (in the same
-    batch and later, some with other contents and times)."""
-    rng = random.Random(seed)
-    events = []
-    for i in range(1_200):
-        at = T0 + rng.randrange(0, 300) * MINUTE + rng.choice((0, 0, 1_000))
-        merchant = "busy" if rng.random() < 0.8 else f"m{rng.randrange(4)}"
-        amount = round(rng.uniform(0.01, 500), rng.choice((0, 1, 2)))
-        events.append(_event(f"t{i:05d}", at, f"c{rng.randrange(80)}", merchant, amount))
-    events.sort(key=lambda e: e.event_time_ms)
-    groups: list[list[AppliedEvent]] = [[] for _ in range(40)]
-    for i, event in enumerate(events):
-        home = i * len(groups) // len(events)
-        if rng.random() < 0.2:
-            home = min(len(groups) - 1, home + rng.randrange(1, 4))
-        if rng.random() < 0.02:  # far behind the clock by the time it arrives: beyond the horizon
-            home = min(len(groups) - 1, home + 20)
-        groups[home].append(event)
-        if rng.random() < 0.05:
-            again = (
-                event
-                if rng.random() < 0.5
-                else _event(event.event_id, event.event_time_ms + MINUTE, "c0", "busy", 1.5)
-            )
-            groups[min(len(groups) - 1, home + rng.randrange(0, 3))].append(again)
-    batches = []
-    offset = 0
-    for n, group in enumerate(groups):
-        clock = max(e.event_time_ms for e in group)
-        batches.append(
-            WriteBatch(
-                events=group,
-                checkpoints=[PartitionCheckpoint("transactions", n % 2, offset + len(group), clock)],
-                counters={"applied": len(group)},
-                history=(HistorySpan("transactions", n % 2, offset, offset + len(group), None),),
-            )
-        )
-        offset += len(group)
-    return batches
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_staged_writes_leave_exactly_the_state_of_one_script(
     stack: Settings, redis_client: redis.Redis, seed: int
 ) -> None:
-    whole = _store(stack, f"staged-whole-{seed}", sys.maxsize)
-    staged = _store(stack, f"staged-parts-{seed}", 3)
-    for batch in _batches(seed):
+    whole = store_for(stack, f"staged-whole-{seed}", sys.maxsize)
+    staged = store_for(stack, f"staged-parts-{seed}", 3)
+    for batch in batches(seed):
         assert whole.prepare(batch).staged is None
         prepared = staged.prepare(batch)
         assert prepared.staged is not None and len(prepared.staged.parts) > 1
@@ -124,13 +42,13 @@ def test_staged_writes_leave_exactly_the_state_of_one_script(
 def test_a_staged_write_stopped_between_parts_is_completed_by_writing_it_again(
     stack: Settings, redis_client: redis.Redis
 ) -> None:
-    whole = _store(stack, "stopped-whole", sys.maxsize)
-    staged = _store(stack, "stopped-parts", 3)
-    batches = _batches(3)
-    for batch in batches[:-1]:
+    whole = store_for(stack, "stopped-whole", sys.maxsize)
+    staged = store_for(stack, "stopped-parts", 3)
+    schedule = batches(3)
+    for batch in schedule[:-1]:
         whole.write(batch)
         staged.write(batch)
-    last = batches[-1]
+    last = schedule[-1]
     whole.write(last)
     before = every_key(stack, staged.keys.generation)
     # A key of the wrong type makes a late part fail, as a stop would leave it: earlier parts applied.

@@ -99,6 +99,7 @@ def test_a_replay_counts_late_and_malformed_records_without_routing_them_again(l
 def test_a_replay_killed_half_way_resumes_to_the_same_state(live: Settings, replayed: str) -> None:
     resumable = live.model_copy(deep=True)
     resumable.stream.replay_batch_size = 150
+    resumable.stream.replay_chunk_records = 500  # many bulk writes, so the kill lands among them
     env = os.environ | settings_env(resumable)
     command = [sys.executable, "-m", "highwater.cli", "replay", "--generation", "r2", "--from", "earliest"]
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,296 @@
+"""Bulk writes: one large batch (a replay's chunk) applied with plain commands, leaving exactly the state
+the one APPLY_BATCH script of that batch leaves.
+
+**Why.** The apply script works event by event in Lua: every value becomes a Lua string, every id is
+checked and recorded, every tile the batch touches is rebuilt by parsing its events' members. That is
+about 15 µs an event on the development machine, most of a replay's time, whatever the batch size. A
+replay has no freshness to keep, so it gathers hundreds of thousands of records into one chunk
+(``stream.replay_chunk_records``) and writes it here: the per-event work runs vectorised in polars in
+the writer, and Redis is left with little more than inserting members: one ZADD per key with the chunk's
+events of that key, one ZMSCORE and one ZADD per 5,000 ids, tiles computed by the writer.
+
+**What it computes**, as the script does for one batch (:data:`sinks.redis_lua.APPLY_BATCH`):
+
+* the first copy of an id in the batch wins; later copies count as duplicates;
+* an event older than the batch's trim (:meth:`RedisOnlineStore.clock_and_trim`) is skipped and counted
+  (``beyond_online_horizon``); the other ids are checked against ``meta:seen``: those applied before
+  count as duplicates, the rest are applied;
+* every events key of the batch gets its applied events, is trimmed and gets its TTL;
+* every tile of a tiled entity that an event of the batch falls in (at or above the trim's tile) is
+  rebuilt from the events its span holds afterwards, when they are at least ``TILE_MIN_EVENTS``: the
+  span's events already in Redis are read back, merged with the batch's, put in the sorted set's order
+  (time, then member bytes) and packed; tiles below the trim's tile go, TTLs are set;
+* checkpoints, counters, clock, apply sequence and pending history move in one APPLY_BATCH of no events.
+
+**Crash safety.** Events and tiles go first, ``ROUND_TRIP_COMMANDS`` commands per round trip, none of
+more than ``ID_STEP`` entries (so other clients are served in between). A stop among them leaves events
+ahead of their checkpoints, as a staged write does; the restart re-reads the batch, and applying an
+event again changes nothing. The ids must move with the checkpoints and counters, atomically, but
+recording a chunk's 250,000 ids in one script would hold Redis for a quarter of a second. So the commit
+script stores them as one string, the *merge record* (``meta:seen_merge``: the trim, the new ids and their
+times, as JSON), and they are added to ``meta:seen`` afterwards, ``ID_STEP`` per command, then the record
+is deleted. Until then the record is part of the index: a writer finishes any record it finds before it
+writes (:func:`finish_merge`; the stream job's sink does so when it starts), and finishing a record twice
+changes nothing. Like staged writes, this assumes one writer per generation (a replay's one process).
+
+Example:
+    >>> seq = write_bulk(store, batch)   # the state store.write(batch) leaves  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import polars as pl
+
+from sinks.online import WriteBatch
+from sinks.redis_lua import TILE_MIN_EVENTS
+from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore
+
+ID_STEP = 5_000
+"""Ids per ZMSCORE and per ZADD to ``meta:seen``, and most entries per ZADD to an events key."""
+ROUND_TRIP_COMMANDS = 1_000
+"""Commands sent per round trip."""
+
+_EVENTS_SCHEMA = {"ord": pl.Int64, "event_id": pl.String, "event_time": pl.Int64}
+_ENTRIES_SCHEMA = {"ord": pl.Int64, "key": pl.String, "event_time": pl.Int64, "member": pl.String}
+
+
+def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
+    """Apply ``batch`` to ``store``'s generation as :meth:`RedisOnlineStore.write` would, with plain
+    commands (see the module docstring); returns the apply sequence number its history got, if any."""
+    finish_merge(store)
+    partition_max, trim = store.clock_and_trim(batch)
+    events, entries = _frames(store, batch)
+    first = events.filter(pl.col("event_id").is_first_distinct())
+    kept = first.filter(pl.col("event_time") >= trim)
+    new = kept.filter(~_applied_before(store, kept.get_column("event_id")))
+    entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
+    written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
+    commands = _event_commands(store, entries, written, trim)
+    commands += _tile_commands(store, entries, written, trim)  # reads tiles' spans before any write
+    _send(store, commands)
+    counters = dict(batch.counters)
+    skipped = {
+        "duplicates": events.height - first.height + kept.height - new.height,
+        "beyond_online_horizon": first.height - kept.height,
+    }
+    for name, n in skipped.items():
+        if n:
+            counters[name] = counters.get(name, 0) + n
+    ids: list[str] = new.get_column("event_id").to_list()
+    times: list[int] = new.get_column("event_time").to_list()
+    record = json.dumps([trim, ids, times]) if first.height else None  # no ids: seen stays as it is
+    reply = store.apply_script(
+        store.apply_command(
+            trim, [], [], {}, batch.checkpoints, counters, partition_max, batch.history, record
+        )
+    )
+    if record is not None:
+        _merge(store, trim, ids, times)
+    return int(reply[2]) or None
+
+
+def finish_merge(store: RedisOnlineStore) -> bool:
+    """Add the ids of a merge record a stopped bulk write left to ``meta:seen``; whether there was one."""
+    (record,) = _send(store, [_pack("GET", store.keys.seen_merge)])
+    if record is None:
+        return False
+    trim, ids, times = json.loads(record)
+    _merge(store, trim, ids, times)
+    return True
+
+
+def _merge(store: RedisOnlineStore, trim: int, ids: Sequence[str], times: Sequence[int]) -> None:
+    """Record ``ids`` (with their event times) in ``meta:seen``, trim it as the script does, and delete
+    the merge record."""
+    seen = store.keys.seen
+    commands = [
+        _pack("ZADD", seen, *_scored(times[i : i + ID_STEP], ids[i : i + ID_STEP]))
+        for i in range(0, len(ids), ID_STEP)
+    ]
+    commands.append(_pack("ZREMRANGEBYSCORE", seen, "-inf", f"({trim}"))
+    commands.append(_pack("DEL", store.keys.seen_merge))
+    _send(store, commands)
+
+
+def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The batch's events (ord, id, time) and entries (ord, events key, time, member), in batch order
+    (``ord``: the event's position), rows before column blocks as :meth:`RedisOnlineStore.prepare` takes
+    them."""
+    events: list[pl.DataFrame] = []
+    entries: list[pl.DataFrame] = []
+    base = 0
+    if batch.events:
+        rows: dict[str, list[Any]] = {name: [] for name in _ENTRIES_SCHEMA}
+        for ord_, event in enumerate(batch.events):
+            for update in event.updates:
+                rows["ord"].append(ord_)
+                rows["key"].append(store.keys.events(update.entity, update.entity_id))
+                rows["event_time"].append(event.event_time_ms)
+                rows["member"].append(FIELD_SEPARATOR.join((event.event_id, *update.fields)))
+        entries.append(pl.DataFrame(rows, schema=_ENTRIES_SCHEMA))
+        base = len(batch.events)
+        events.append(
+            pl.DataFrame(
+                {
+                    "ord": range(base),
+                    "event_id": [e.event_id for e in batch.events],
+                    "event_time": [e.event_time_ms for e in batch.events],
+                },
+                schema=_EVENTS_SCHEMA,
+            )
+        )
+    for block in batch.columns:
+        n = len(block.event_ids)
+        frame = pl.DataFrame(
+            {
+                "ord": pl.int_range(base, base + n, dtype=pl.Int64, eager=True),
+                "event_id": _series(block.event_ids, pl.String),
+                "event_time": _series(block.event_times_ms, pl.Int64),
+            }
+        )
+        events.append(frame)
+        for entity, entity_ids, columns in block.updates:
+            fields = [_series(column, pl.String) for column in columns]
+            entries.append(
+                frame.select(
+                    "ord",
+                    key=pl.concat_str(
+                        pl.lit(store.keys.events_prefix(entity)),
+                        pl.lit(_series(entity_ids, pl.String)),
+                        pl.lit("}"),
+                    ),
+                    event_time="event_time",
+                    member=pl.concat_str(
+                        [pl.col("event_id"), *(pl.lit(f) for f in fields)], separator=FIELD_SEPARATOR
+                    ),
+                )
+            )
+        base += n
+    return (
+        pl.concat(events) if events else pl.DataFrame(schema=_EVENTS_SCHEMA),
+        pl.concat(entries) if entries else pl.DataFrame(schema=_ENTRIES_SCHEMA),
+    )
+
+
+def _applied_before(store: RedisOnlineStore, ids: pl.Series) -> pl.Series:
+    """Per id, whether ``meta:seen`` holds it."""
+    values: list[str] = ids.to_list()
+    steps = range(0, len(values), ID_STEP)
+    commands = [_pack("ZMSCORE", store.keys.seen, *values[i : i + ID_STEP]) for i in steps]
+    found: list[bool] = []
+    for reply in _send(store, commands):
+        found += [score is not None for score in reply]
+    return pl.Series(found, dtype=pl.Boolean)
+
+
+def _event_commands(
+    store: RedisOnlineStore, entries: pl.DataFrame, written: pl.DataFrame, trim: int
+) -> list[bytes]:
+    """ZADD of each key's applied events; then, for every key of the batch, its trim and TTL."""
+    commands = []
+    by_key = written.group_by("key", maintain_order=True).agg("event_time", "member")
+    for key, times, members in by_key.iter_rows():
+        for i in range(0, len(times), ID_STEP):
+            commands.append(_pack("ZADD", key, *_scored(times[i : i + ID_STEP], members[i : i + ID_STEP])))
+    below, ttl = f"({trim}", store.ttl_ms
+    for key in entries.get_column("key").unique(maintain_order=True).to_list():
+        commands.append(_pack("ZREMRANGEBYSCORE", key, "-inf", below))
+        commands.append(_pack("PEXPIRE", key, ttl))
+    return commands
+
+
+def _tile_commands(
+    store: RedisOnlineStore, entries: pl.DataFrame, written: pl.DataFrame, trim: int
+) -> list[bytes]:
+    """For each tiled entity: the touched tiles rebuilt, then every key's tiles trimmed and given a TTL."""
+    commands: list[bytes] = []
+    for entity, prefix, tile_ms, fields in store.tiling():
+        tiled = entries.filter(pl.col("key").str.starts_with(prefix))
+        if tiled.is_empty():
+            continue
+        keep_from = trim // tile_ms  # tiles before this one lie wholly below the trim
+        touched = (
+            tiled.select("key", t=pl.col("event_time") // tile_ms).filter(pl.col("t") >= keep_from).unique()
+        )
+        ours = written.filter(pl.col("key").str.starts_with(prefix))
+        spans = _full_spans(store, touched, ours, trim, tile_ms)
+        sizes = spans.group_by("key", "t", maintain_order=True).len().rows()
+        values = spans.get_column("member").str.split(FIELD_SEPARATOR)
+        for position, field in fields:
+            # Lua's tonumber of the field, packed '<d': the same doubles, in the set's order.
+            packed = values.list.get(position).cast(pl.Float64).to_numpy().astype("<f8").tobytes()
+            start = 0
+            for key, t, n in sizes:
+                tiles = store.keys.tiles(entity, key[len(prefix) : -1], field)
+                member = f"{t}:".encode() + packed[8 * start : 8 * (start + n)]
+                commands += (_pack("ZREMRANGEBYSCORE", tiles, t, t), _pack("ZADD", tiles, t, member))
+                start += n
+        ttl, below = store.ttl_ms, f"({keep_from}"
+        for key in tiled.get_column("key").unique(maintain_order=True).to_list():
+            for _, field in fields:
+                tiles = store.keys.tiles(entity, key[len(prefix) : -1], field)
+                commands += (_pack("ZREMRANGEBYSCORE", tiles, "-inf", below), _pack("PEXPIRE", tiles, ttl))
+    return commands
+
+
+def _full_spans(
+    store: RedisOnlineStore, touched: pl.DataFrame, written: pl.DataFrame, trim: int, tile_ms: int
+) -> pl.DataFrame:
+    """The events (key, t, event_time, member) of the touched tile spans that will hold at least
+    ``TILE_MIN_EVENTS`` once the batch is written (those in Redis at or above the trim, and the batch's),
+    in the sorted set's order."""
+    ranges = touched.group_by("key").agg(low=pl.col("t").min(), high=pl.col("t").max()).rows()
+    reads = [
+        _pack("ZRANGEBYSCORE", key, low * tile_ms, f"({(high + 1) * tile_ms}", "WITHSCORES")
+        for key, low, high in ranges
+    ]
+    rows: dict[str, list[Any]] = {"key": [], "event_time": [], "member": []}
+    for (key, _, _), reply in zip(ranges, _send(store, reads), strict=True):
+        # [member, score] pairs (RESP3), or members and scores in turn (RESP2)
+        pairs = reply if reply and isinstance(reply[0], list) else zip(reply[::2], reply[1::2], strict=True)
+        for member, score in pairs:
+            rows["key"].append(key)
+            rows["event_time"].append(int(float(score)))
+            rows["member"].append(member.decode())
+    held = pl.DataFrame(rows, schema={name: _ENTRIES_SCHEMA[name] for name in rows})
+    merged = (
+        pl.concat([held, written.select("key", "event_time", "member")])
+        .filter(pl.col("event_time") >= trim)
+        .unique()
+        .with_columns(t=pl.col("event_time") // tile_ms)
+        .join(touched, on=["key", "t"], how="semi")
+    )
+    full = merged.group_by("key", "t").len().filter(pl.col("len") >= TILE_MIN_EVENTS).drop("len")
+    return merged.join(full, on=["key", "t"], how="semi").sort("key", "t", "event_time", "member")
+
+
+def _series(values: Sequence[Any] | pl.Series, dtype: type[pl.DataType]) -> pl.Series:
+    return values.cast(dtype) if isinstance(values, pl.Series) else pl.Series(values=values, dtype=dtype)
+
+
+def _scored(scores: Sequence[int], members: Sequence[str]) -> list[Any]:
+    """``[score, member] * n`` as ZADD takes them."""
+    args: list[Any] = [None] * (2 * len(members))
+    args[::2] = scores
+    args[1::2] = members
+    return args
+
+
+def _pack(*args: Any) -> bytes:
+    return hiredis.pack_command(args)
+
+
+def _send(store: RedisOnlineStore, commands: list[bytes]) -> list[Any]:
+    """``commands``' replies, ``ROUND_TRIP_COMMANDS`` per round trip; the first error reply raised."""
+    replies: list[Any] = []
+    for i in range(0, len(commands), ROUND_TRIP_COMMANDS):
+        for reply in store.send_many(commands[i : i + ROUND_TRIP_COMMANDS]):
+            if isinstance(reply, Exception):
+                raise reply
+            replies.append(reply)
+    return replies
