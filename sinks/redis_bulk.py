@@ -39,15 +39,17 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
 import polars as pl
 
 from sinks.online import WriteBatch
-from sinks.redis_lua import TILE_MIN_EVENTS
+from sinks.redis_lua import EDIT_SORTED_SETS, TILE_MIN_EVENTS
 from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore
 
 ID_STEP = 5_000
@@ -55,6 +57,9 @@ ID_STEP = 5_000
 ROUND_TRIP_COMMANDS = 1_000
 """Commands sent per round trip."""
 
+_EDIT_SHA = hashlib.sha1(EDIT_SORTED_SETS.encode()).hexdigest()
+_Edit = tuple[str, list[Any], list[Any]]
+"""A sorted set's edit: its key, its cuts ``[min, max] * n`` and entries ``[score, member] * n``."""
 _EVENTS_SCHEMA = {"ord": pl.Int64, "event_id": pl.String, "event_time": pl.Int64}
 _ENTRIES_SCHEMA = {"ord": pl.Int64, "key": pl.String, "event_time": pl.Int64, "member": pl.String}
 
@@ -70,9 +75,12 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     new = kept.filter(~_applied_before(store, kept.get_column("event_id")))
     entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
     written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
-    commands = _event_commands(store, entries, written, trim)
-    commands += _tile_commands(store, entries, written, trim)  # reads tiles' spans before any write
-    _send(store, commands)
+    tiles = list(_tile_edits(store, entries, written, trim))  # reads the tiles' spans: before any write
+    _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
+    # The events by plain ZADD (in a script, converting each entry to Lua and back costs Redis more than
+    # the insert), then every key's trim and TTL, and the tiles, in few script calls.
+    edits = itertools.chain(_event_edits(entries, trim), tiles)
+    _send(store, [*_event_inserts(written), *_edit_commands(store.ttl_ms, edits)])
     counters = dict(batch.counters)
     skipped = {
         "duplicates": events.height - first.height + kept.height - new.height,
@@ -188,27 +196,25 @@ def _applied_before(store: RedisOnlineStore, ids: pl.Series) -> pl.Series:
     return pl.Series(found, dtype=pl.Boolean)
 
 
-def _event_commands(
-    store: RedisOnlineStore, entries: pl.DataFrame, written: pl.DataFrame, trim: int
-) -> list[bytes]:
-    """ZADD of each key's applied events; then, for every key of the batch, its trim and TTL."""
-    commands = []
+def _event_inserts(written: pl.DataFrame) -> Iterator[bytes]:
+    """ZADD of each key's applied events, at most ``ID_STEP`` per command."""
     by_key = written.group_by("key", maintain_order=True).agg("event_time", "member")
     for key, times, members in by_key.iter_rows():
         for i in range(0, len(times), ID_STEP):
-            commands.append(_pack("ZADD", key, *_scored(times[i : i + ID_STEP], members[i : i + ID_STEP])))
-    below, ttl = f"({trim}", store.ttl_ms
+            yield _pack("ZADD", key, *_scored(times[i : i + ID_STEP], members[i : i + ID_STEP]))
+
+
+def _event_edits(entries: pl.DataFrame, trim: int) -> Iterator[_Edit]:
+    """Every events key of the batch: trimmed, given its TTL."""
+    cut = ["-inf", f"({trim}"]
     for key in entries.get_column("key").unique(maintain_order=True).to_list():
-        commands.append(_pack("ZREMRANGEBYSCORE", key, "-inf", below))
-        commands.append(_pack("PEXPIRE", key, ttl))
-    return commands
+        yield key, cut, []
 
 
-def _tile_commands(
+def _tile_edits(
     store: RedisOnlineStore, entries: pl.DataFrame, written: pl.DataFrame, trim: int
-) -> list[bytes]:
-    """For each tiled entity: the touched tiles rebuilt, then every key's tiles trimmed and given a TTL."""
-    commands: list[bytes] = []
+) -> Iterator[_Edit]:
+    """Every tiles key of the batch's tiled entity ids: its touched tiles rebuilt, trimmed."""
     for entity, prefix, tile_ms, fields in store.tiling():
         tiled = entries.filter(pl.col("key").str.starts_with(prefix))
         if tiled.is_empty():
@@ -221,20 +227,41 @@ def _tile_commands(
         spans = _full_spans(store, touched, ours, trim, tile_ms)
         sizes = spans.group_by("key", "t", maintain_order=True).len().rows()
         values = spans.get_column("member").str.split(FIELD_SEPARATOR)
+        cut = ["-inf", f"({keep_from}"]
         for position, field in fields:
             # Lua's tonumber of the field, packed '<d': the same doubles, in the set's order.
             packed = values.list.get(position).cast(pl.Float64).to_numpy().astype("<f8").tobytes()
+            rebuilt: dict[str, tuple[list[Any], list[Any]]] = {}
             start = 0
             for key, t, n in sizes:
-                tiles = store.keys.tiles(entity, key[len(prefix) : -1], field)
-                member = f"{t}:".encode() + packed[8 * start : 8 * (start + n)]
-                commands += (_pack("ZREMRANGEBYSCORE", tiles, t, t), _pack("ZADD", tiles, t, member))
+                cuts, scored = rebuilt.setdefault(key, ([], []))
+                cuts += (t, t)
+                scored += (t, f"{t}:".encode() + packed[8 * start : 8 * (start + n)])
                 start += n
-        ttl, below = store.ttl_ms, f"({keep_from}"
-        for key in tiled.get_column("key").unique(maintain_order=True).to_list():
-            for _, field in fields:
-                tiles = store.keys.tiles(entity, key[len(prefix) : -1], field)
-                commands += (_pack("ZREMRANGEBYSCORE", tiles, "-inf", below), _pack("PEXPIRE", tiles, ttl))
+            for key in tiled.get_column("key").unique(maintain_order=True).to_list():
+                cuts, scored = rebuilt.get(key, ([], []))
+                yield store.keys.tiles(entity, key[len(prefix) : -1], field), [*cuts, *cut], scored
+
+
+def _edit_commands(ttl: int, edits: Iterable[_Edit]) -> list[bytes]:
+    """EDIT_SORTED_SETS calls applying ``edits``, each of at most about ``ID_STEP`` entries and keys (a
+    key with more entries is split over calls, its cuts made by the first)."""
+    commands: list[bytes] = []
+    keys: list[str] = []
+    args: list[Any] = [ttl]
+    size = 0
+    for key, cuts, scored in edits:
+        for i in range(0, max(len(scored), 1), 2 * ID_STEP):
+            piece = scored[i : i + 2 * ID_STEP]
+            if keys and size + len(piece) // 2 > ID_STEP:
+                commands.append(_pack("EVALSHA", _EDIT_SHA, len(keys), *keys, *args))
+                keys, args, size = [], [ttl], 0
+            first = cuts if i == 0 else []
+            keys.append(key)
+            args += (len(first) // 2, *first, len(piece) // 2, *piece)
+            size += 1 + len(piece) // 2
+    if keys:
+        commands.append(_pack("EVALSHA", _EDIT_SHA, len(keys), *keys, *args))
     return commands
 
 

@@ -2,7 +2,8 @@
 
 Every script is atomic in Redis. ``RECORD_LAYOUT`` fixes a generation's layout at its first write.
 ``APPLY_BATCH`` applies a batch of events, the partitions' checkpoints, the counters and the event-time
-clock in one step, so a crash leaves either all of a batch or none of it. ``READ_FEATURES`` reads the
+clock in one step, so a crash leaves either all of a batch or none of it (``EDIT_SORTED_SETS`` is the
+bulk writes' events and tiles, :mod:`sinks.redis_bulk`). ``READ_FEATURES`` reads the
 clock, checks ``as_of`` against the retention and aggregates each entity's events over the requested
 windows, so one round trip answers a request and only the answers cross the network.
 
@@ -175,6 +176,31 @@ if ARGV[a + 2] then redis.call('SET', seen .. '_merge', ARGV[a + 2]) end
 return {n - duplicates - beyond, duplicates, seq}
 """
 )
+
+EDIT_SORTED_SETS = r"""
+-- KEYS: sorted sets. ARGV: ttl_ms, then per key: n_cuts, [min, max] * n_cuts, n_entries,
+--       [score, member] * n_entries.
+-- Per key: each cut's range removed (ZREMRANGEBYSCORE), then the entries added, then the TTL set.
+-- Bulk writes (sinks.redis_bulk) send many keys' edits in one call rather than three commands per key,
+-- whose replies cost the writer more than the edits cost Redis; entries go to ZADD straight from ARGV.
+local CHUNK = 1000
+local ttl, a = ARGV[1], 2
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local cuts = tonumber(ARGV[a]); a = a + 1
+  for c = 1, cuts do
+    redis.call('ZREMRANGEBYSCORE', key, ARGV[a], ARGV[a + 1]); a = a + 2
+  end
+  local m = tonumber(ARGV[a]); a = a + 1
+  for c = 0, m - 1, CHUNK do
+    local last = math.min(m - 1, c + CHUNK - 1)
+    redis.call('ZADD', key, unpack(ARGV, a + 2 * c, a + 2 * last + 1))
+  end
+  a = a + 2 * m
+  redis.call('PEXPIRE', key, ttl)
+end
+return #KEYS
+"""
 
 RECORD_LAYOUT = r"""
 -- KEYS: the generation's layout hash. ARGV: [entity, layout JSON] * n: the writer's definitions.

@@ -508,7 +508,7 @@ class RedisOnlineStore:
         pool = self._redis.connection_pool
         connection = pool.get_connection()
         try:
-            connection.send_packed_command(commands)
+            connection.send_packed_command([b"".join(commands)])  # one send; each item is one sendall
             replies: list[Any] = []
             for _ in commands:
                 try:
