@@ -2,7 +2,9 @@
 
 A replay is the stream job itself (same classification, same sinks, same code) run with a generation of
 its own: its own Redis key namespace, its own ClickHouse tables and its own consumer group, with larger
-batches (``stream.replay_batch_size``: there is no freshness to keep) and without producing late and
+batches (``stream.replay_batch_size``: there is no freshness to keep), gathered into chunks of
+``stream.replay_chunk_records`` written online in bulk (:mod:`sinks.redis_bulk`: the state one script of
+the chunk would leave, at a fraction of Redis' work per event), and without producing late and
 malformed records to their topics a second time (they are counted in the generation all the same), reading
 from ``--from`` up to ``--to`` (default: the log end when the replay first started). Start and end are
 resolved to offsets once and recorded in the generation (``hw:{gen}:meta:replay``), so an interrupted
@@ -179,7 +181,8 @@ def replay(
     target = settings.for_generation(generation)
     target.online.materialize = "online" in targets
     target.offline.history = "history" in targets
-    # No freshness to keep: larger batches; and no second copy of what the live job routed already.
+    # No freshness to keep: larger batches, written in bulk chunks; and no second copy of what the live
+    # job routed already.
     target.stream.batch_size = settings.stream.replay_batch_size
     target.stream.apply_chunk_records = settings.stream.replay_chunk_records
     target.stream.route_side_topics = False

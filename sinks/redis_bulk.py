@@ -6,8 +6,9 @@ checked and recorded, every tile the batch touches is rebuilt by parsing its eve
 about 15 µs an event on the development machine, most of a replay's time, whatever the batch size. A
 replay has no freshness to keep, so it gathers hundreds of thousands of records into one chunk
 (``stream.replay_chunk_records``) and writes it here: the per-event work runs vectorised in polars in
-the writer, and Redis is left with little more than inserting members: one ZADD per key with the chunk's
-events of that key, one ZMSCORE and one ZADD per 5,000 ids, tiles computed by the writer.
+the writer, commands are encoded by polars (:mod:`sinks.resp`), and Redis is left with little more than
+inserting members: one plain ZADD per key with the chunk's events of that key, one ZMSCORE and one ZADD
+per 5,000 ids, trims and TTLs in a few EDIT_SORTED_SETS calls, tiles computed by the writer.
 
 **What it computes**, as the script does for one batch (:data:`sinks.redis_lua.APPLY_BATCH`):
 
@@ -22,16 +23,17 @@ events of that key, one ZMSCORE and one ZADD per 5,000 ids, tiles computed by th
   (time, then member bytes) and packed; tiles below the trim's tile go, TTLs are set;
 * checkpoints, counters, clock, apply sequence and pending history move in one APPLY_BATCH of no events.
 
-**Crash safety.** Events and tiles go first, ``ROUND_TRIP_COMMANDS`` commands per round trip, none of
-more than ``ID_STEP`` entries (so other clients are served in between). A stop among them leaves events
-ahead of their checkpoints, as a staged write does; the restart re-reads the batch, and applying an
-event again changes nothing. The ids must move with the checkpoints and counters, atomically, but
-recording a chunk's 250,000 ids in one script would hold Redis for a quarter of a second. So the commit
-script stores them as one string, the *merge record* (``meta:seen_merge``: the trim, the new ids and their
-times, as JSON), and they are added to ``meta:seen`` afterwards, ``ID_STEP`` per command, then the record
-is deleted. Until then the record is part of the index: a writer finishes any record it finds before it
-writes (:func:`finish_merge`; the stream job's sink does so when it starts), and finishing a record twice
-changes nothing. Like staged writes, this assumes one writer per generation (a replay's one process).
+**Crash safety.** Events, trims, TTLs and tiles go first, ``ROUND_TRIP_COMMANDS`` commands per round
+trip, none of more than about ``ID_STEP`` entries (so other clients are served in between). A stop among
+them leaves events ahead of their checkpoints, as a staged write does; the restart re-reads the batch,
+and applying an event again changes nothing. The ids must move with the checkpoints and counters,
+atomically, but recording a chunk's 250,000 ids in one script would hold Redis for a quarter of a
+second. So the commit script stores them as one string, the *merge record* (``meta:seen_merge``: the
+trim, then per new id a line of its time and the id), and they are added to ``meta:seen`` afterwards,
+``ID_STEP`` per command, then the record is deleted. Until then the record is part of the index: a
+writer finishes any record it finds before it writes (:func:`finish_merge`; the stream job's sink does
+so when it starts), and finishing a record twice changes nothing. Like staged writes, this assumes one
+writer per generation (a replay's one process).
 
 Example:
     >>> seq = write_bulk(store, batch)   # the state store.write(batch) leaves  # doctest: +SKIP
@@ -40,8 +42,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -51,6 +51,7 @@ import polars as pl
 from sinks.online import WriteBatch
 from sinks.redis_lua import EDIT_SORTED_SETS, TILE_MIN_EVENTS
 from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore
+from sinks.resp import bulk, literal, round_trips, variadic
 
 ID_STEP = 5_000
 """Ids per ZMSCORE and per ZADD to ``meta:seen``, and most entries per ZADD to an events key."""
@@ -75,12 +76,14 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     new = kept.filter(~_applied_before(store, kept.get_column("event_id")))
     entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
     written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
-    tiles = list(_tile_edits(store, entries, written, trim))  # reads the tiles' spans: before any write
+    tiles = _edit_commands(store.ttl_ms, _tile_edits(store, entries, written, trim))  # reads spans first
     _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
-    # The events by plain ZADD (in a script, converting each entry to Lua and back costs Redis more than
-    # the insert), then every key's trim and TTL, and the tiles, in few script calls.
-    edits = itertools.chain(_event_edits(entries, trim), tiles)
-    _send(store, [*_event_inserts(written), *_edit_commands(store.ttl_ms, edits)])
+    # In few script calls: converting entries to Lua and back costs Redis about 1.4 s per million events
+    # more than plain ZADDs would, but a reply per key would cost this writer more, and hold the GIL.
+    _send_trips(
+        store, round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
+    )
+    _send(store, tiles)
     counters = dict(batch.counters)
     skipped = {
         "duplicates": events.height - first.height + kept.height - new.height,
@@ -89,16 +92,15 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     for name, n in skipped.items():
         if n:
             counters[name] = counters.get(name, 0) + n
-    ids: list[str] = new.get_column("event_id").to_list()
-    times: list[int] = new.get_column("event_time").to_list()
-    record = json.dumps([trim, ids, times]) if first.height else None  # no ids: seen stays as it is
+    recorded = new.select("event_time", "event_id")
+    record = _merge_record(trim, recorded) if first.height else None  # no ids: seen stays as it is
     reply = store.apply_script(
         store.apply_command(
             trim, [], [], {}, batch.checkpoints, counters, partition_max, batch.history, record
         )
     )
     if record is not None:
-        _merge(store, trim, ids, times)
+        _merge(store, trim, recorded)
     return int(reply[2]) or None
 
 
@@ -107,22 +109,30 @@ def finish_merge(store: RedisOnlineStore) -> bool:
     (record,) = _send(store, [_pack("GET", store.keys.seen_merge)])
     if record is None:
         return False
-    trim, ids, times = json.loads(record)
-    _merge(store, trim, ids, times)
+    head, _, body = record.decode().partition("\n")
+    lines = pl.Series(body.split("\n") if body else [], dtype=pl.String)
+    fields = lines.str.split_exact(FIELD_SEPARATOR, 1).struct.unnest()
+    rows = fields.select(event_time=pl.col("field_0").cast(pl.Int64), event_id="field_1")
+    _merge(store, int(head), rows)
     return True
 
 
-def _merge(store: RedisOnlineStore, trim: int, ids: Sequence[str], times: Sequence[int]) -> None:
-    """Record ``ids`` (with their event times) in ``meta:seen``, trim it as the script does, and delete
-    the merge record."""
+def _merge_record(trim: int, rows: pl.DataFrame) -> str:
+    """The merge record of ids ``rows`` (event_time, event_id): the trim, then a line per id, its time
+    and the id separated by 0x1f (which, like a newline, no id contains)."""
+    lines = rows.select(pl.concat_str("event_time", "event_id", separator=FIELD_SEPARATOR).str.join("\n"))
+    return f"{trim}\n{lines.item()}"
+
+
+def _merge(store: RedisOnlineStore, trim: int, rows: pl.DataFrame) -> None:
+    """Record ids ``rows`` (event_time, event_id) in ``meta:seen``, trim it as the script does, and
+    delete the merge record."""
     seen = store.keys.seen
-    commands = [
-        _pack("ZADD", seen, *_scored(times[i : i + ID_STEP], ids[i : i + ID_STEP]))
-        for i in range(0, len(ids), ID_STEP)
-    ]
-    commands.append(_pack("ZREMRANGEBYSCORE", seen, "-inf", f"({trim}"))
-    commands.append(_pack("DEL", store.keys.seen_merge))
-    _send(store, commands)
+    numbered = rows.with_columns(command=pl.int_range(pl.len()) // ID_STEP)
+    head = literal("ZADD", seen)
+    adds = variadic(numbered, "command", head, 2, bulk(pl.col("event_time")) + bulk(pl.col("event_id")), 2)
+    _send_trips(store, round_trips(adds, ROUND_TRIP_COMMANDS))
+    _send(store, [_pack("ZREMRANGEBYSCORE", seen, "-inf", f"({trim}"), _pack("DEL", store.keys.seen_merge)])
 
 
 def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -187,28 +197,72 @@ def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, p
 
 def _applied_before(store: RedisOnlineStore, ids: pl.Series) -> pl.Series:
     """Per id, whether ``meta:seen`` holds it."""
-    values: list[str] = ids.to_list()
-    steps = range(0, len(values), ID_STEP)
-    commands = [_pack("ZMSCORE", store.keys.seen, *values[i : i + ID_STEP]) for i in steps]
+    numbered = ids.to_frame("event_id").with_columns(command=pl.int_range(pl.len()) // ID_STEP)
+    checks = variadic(
+        numbered, "command", literal("ZMSCORE", store.keys.seen), 2, bulk(pl.col("event_id")), 1
+    )
     found: list[bool] = []
-    for reply in _send(store, commands):
+    for reply in _send_trips(store, round_trips(checks, ROUND_TRIP_COMMANDS)):
         found += [score is not None for score in reply]
     return pl.Series(found, dtype=pl.Boolean)
 
 
-def _event_inserts(written: pl.DataFrame) -> Iterator[bytes]:
-    """ZADD of each key's applied events, at most ``ID_STEP`` per command."""
-    by_key = written.group_by("key", maintain_order=True).agg("event_time", "member")
-    for key, times, members in by_key.iter_rows():
-        for i in range(0, len(times), ID_STEP):
-            yield _pack("ZADD", key, *_scored(times[i : i + ID_STEP], members[i : i + ID_STEP]))
+def _event_commands(entries: pl.DataFrame, written: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
+    """Plain ZADDs of each key's applied events (``ID_STEP`` at most each), then EDIT_SORTED_SETS calls
+    giving every events key of the batch its trim and TTL, about ``ID_STEP`` keys per call."""
+    numbered = written.select(
+        "key",
+        piece=pl.int_range(pl.len()).over("key") // ID_STEP,
+        entry=bulk(pl.col("event_time")) + bulk(pl.col("member")),
+    ).with_columns(command=pl.concat_str("key", pl.lit(FIELD_SEPARATOR), "piece"))
+    inserts = variadic(numbered, "command", literal("ZADD") + bulk(pl.col("key")), 2, pl.col("entry"), 2)
+    pieces = pl.DataFrame(schema={"key": pl.String, "piece": pl.Int64, "n": pl.Int64, "entry": pl.String})
+    return pl.concat([inserts, _edit_calls(entries, pieces, trim, ttl)])
 
 
-def _event_edits(entries: pl.DataFrame, trim: int) -> Iterator[_Edit]:
-    """Every events key of the batch: trimmed, given its TTL."""
-    cut = ["-inf", f"({trim}"]
-    for key in entries.get_column("key").unique(maintain_order=True).to_list():
-        yield key, cut, []
+def _edit_calls(entries: pl.DataFrame, pieces: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
+    """EDIT_SORTED_SETS calls giving every events key of the batch its trim and TTL, and ``pieces``'
+    entries (key, piece, n, entry: encoded), about ``ID_STEP`` entries and keys per call."""
+    every_key = entries.select(pl.col("key").unique(maintain_order=True), piece=pl.lit(0, pl.Int64))
+    edits = (
+        every_key.join(
+            pieces.with_columns(pl.col("piece").cast(pl.Int64)),
+            on=["key", "piece"],
+            how="full",
+            coalesce=True,
+        )
+        .with_columns(pl.col("n").fill_null(0).cast(pl.Int64), pl.col("entry").fill_null(""))
+        .with_columns(cuts=pl.when(pl.col("piece") == 0).then(1).otherwise(0))
+    )
+    cut = literal("-inf", f"({trim}")
+    numbered = edits.with_columns(
+        arg=pl.concat_str(
+            bulk(pl.col("cuts")),
+            pl.when(pl.col("cuts") == 1).then(cut).otherwise(pl.lit("")),
+            bulk(pl.col("n")),
+            "entry",
+        ),
+        count=2 + 2 * pl.col("cuts") + 2 * pl.col("n"),
+        weight=1 + pl.col("n"),
+    ).with_columns(call=(pl.col("weight").cum_sum() - pl.col("weight")) // ID_STEP)
+    calls = numbered.group_by("call", maintain_order=True).agg(
+        pl.len().alias("keys"),
+        bulk(pl.col("key")).str.join("").alias("names"),
+        pl.col("arg").str.join(""),
+        pl.col("count").sum(),
+    )
+    return calls.select(
+        pl.concat_str(
+            pl.lit("*"),
+            (4 + pl.col("keys") + pl.col("count")).cast(pl.String),
+            pl.lit("\r\n"),
+            literal("EVALSHA", _EDIT_SHA),
+            bulk(pl.col("keys")),
+            "names",
+            literal(ttl),
+            "arg",
+        )
+    ).to_series()
 
 
 def _tile_edits(
@@ -310,6 +364,17 @@ def _scored(scores: Sequence[int], members: Sequence[str]) -> list[Any]:
 
 def _pack(*args: Any) -> bytes:
     return hiredis.pack_command(args)
+
+
+def _send_trips(store: RedisOnlineStore, trips: list[tuple[bytes, int]]) -> list[Any]:
+    """Round trips of encoded commands (:func:`sinks.resp.round_trips`); the first error reply raised."""
+    replies: list[Any] = []
+    for payload, count in trips:
+        for reply in store.send_encoded(payload, count):
+            if isinstance(reply, Exception):
+                raise reply
+            replies.append(reply)
+    return replies
 
 
 def _send(store: RedisOnlineStore, commands: list[bytes]) -> list[Any]:

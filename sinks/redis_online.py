@@ -19,6 +19,9 @@ hash tag):
                                            its first write and never changed (``EntityLayout``)
 ``hw:{gen}:meta:seen``             zset    member = applied event id, score = its event_time: the
                                            idempotency index (first applied wins)
+``hw:{gen}:meta:seen_merge``       string  a bulk write's ids on their way into ``meta:seen``, left only
+                                           by a stop between its commit and their merge
+                                           (:mod:`sinks.redis_bulk`)
 ``hw:{gen}:meta:checkpoints``      hash    ``topic:partition`` -> ``next_offset:max_event_time``
 ``hw:{gen}:meta:clock``            string  highest applied event_time (the serving clock), ms
 ``hw:{gen}:meta:counters``         hash    applied, late, malformed:<kind>, duplicates,
@@ -505,12 +508,16 @@ class RedisOnlineStore:
     def send_many(self, commands: list[bytes]) -> list[Any]:
         """Packed commands in one round trip on a pooled connection (dropped if it fails mid-way); per
         command its reply, or the error reply it got."""
+        return self.send_encoded(b"".join(commands), len(commands))
+
+    def send_encoded(self, payload: bytes, count: int) -> list[Any]:
+        """``count`` commands already encoded together in ``payload``, as :meth:`send_many` sends them."""
         pool = self._redis.connection_pool
         connection = pool.get_connection()
         try:
-            connection.send_packed_command([b"".join(commands)])  # one send; each item is one sendall
+            connection.send_packed_command([payload])  # one send: each item of a list is one sendall
             replies: list[Any] = []
-            for _ in commands:
+            for _ in range(count):
                 try:
                     replies.append(connection.read_response())
                 except redis.exceptions.ResponseError as error:  # the reply was read: the rest follow
