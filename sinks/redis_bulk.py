@@ -42,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import hiredis
@@ -167,19 +167,19 @@ def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, p
         frame = pl.DataFrame(
             {
                 "ord": pl.int_range(base, base + n, dtype=pl.Int64, eager=True),
-                "event_id": _series(block.event_ids, pl.String),
-                "event_time": _series(block.event_times_ms, pl.Int64),
+                "event_id": pl.Series(values=block.event_ids, dtype=pl.String),
+                "event_time": pl.Series(values=block.event_times_ms, dtype=pl.Int64),
             }
         )
         events.append(frame)
         for entity, entity_ids, columns in block.updates:
-            fields = [_series(column, pl.String) for column in columns]
+            fields = [pl.Series(values=column, dtype=pl.String) for column in columns]
             entries.append(
                 frame.select(
                     "ord",
                     key=pl.concat_str(
                         pl.lit(store.keys.events_prefix(entity)),
-                        pl.lit(_series(entity_ids, pl.String)),
+                        pl.lit(pl.Series(values=entity_ids, dtype=pl.String)),
                         pl.lit("}"),
                     ),
                     event_time="event_time",
@@ -216,51 +216,29 @@ def _event_commands(entries: pl.DataFrame, written: pl.DataFrame, trim: int, ttl
         entry=bulk(pl.col("event_time")) + bulk(pl.col("member")),
     ).with_columns(command=pl.concat_str("key", pl.lit(FIELD_SEPARATOR), "piece"))
     inserts = variadic(numbered, "command", literal("ZADD") + bulk(pl.col("key")), 2, pl.col("entry"), 2)
-    pieces = pl.DataFrame(schema={"key": pl.String, "piece": pl.Int64, "n": pl.Int64, "entry": pl.String})
-    return pl.concat([inserts, _edit_calls(entries, pieces, trim, ttl)])
+    return pl.concat([inserts, _trim_calls(entries, trim, ttl)])
 
 
-def _edit_calls(entries: pl.DataFrame, pieces: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
-    """EDIT_SORTED_SETS calls giving every events key of the batch its trim and TTL, and ``pieces``'
-    entries (key, piece, n, entry: encoded), about ``ID_STEP`` entries and keys per call."""
-    every_key = entries.select(pl.col("key").unique(maintain_order=True), piece=pl.lit(0, pl.Int64))
-    edits = (
-        every_key.join(
-            pieces.with_columns(pl.col("piece").cast(pl.Int64)),
-            on=["key", "piece"],
-            how="full",
-            coalesce=True,
-        )
-        .with_columns(pl.col("n").fill_null(0).cast(pl.Int64), pl.col("entry").fill_null(""))
-        .with_columns(cuts=pl.when(pl.col("piece") == 0).then(1).otherwise(0))
+def _trim_calls(entries: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
+    """EDIT_SORTED_SETS calls giving every events key of the batch its trim and TTL, ``ID_STEP`` keys
+    per call."""
+    numbered = entries.select(pl.col("key").unique(maintain_order=True)).with_columns(
+        call=pl.int_range(pl.len()) // ID_STEP
     )
-    cut = literal("-inf", f"({trim}")
-    numbered = edits.with_columns(
-        arg=pl.concat_str(
-            bulk(pl.col("cuts")),
-            pl.when(pl.col("cuts") == 1).then(cut).otherwise(pl.lit("")),
-            bulk(pl.col("n")),
-            "entry",
-        ),
-        count=2 + 2 * pl.col("cuts") + 2 * pl.col("n"),
-        weight=1 + pl.col("n"),
-    ).with_columns(call=(pl.col("weight").cum_sum() - pl.col("weight")) // ID_STEP)
+    per_key = literal(1, "-inf", f"({trim}", 0)  # one cut, no entries: 4 arguments
     calls = numbered.group_by("call", maintain_order=True).agg(
-        pl.len().alias("keys"),
-        bulk(pl.col("key")).str.join("").alias("names"),
-        pl.col("arg").str.join(""),
-        pl.col("count").sum(),
+        pl.len().alias("keys"), bulk(pl.col("key")).str.join("").alias("names")
     )
     return calls.select(
         pl.concat_str(
             pl.lit("*"),
-            (4 + pl.col("keys") + pl.col("count")).cast(pl.String),
+            (4 + 5 * pl.col("keys")).cast(pl.String),
             pl.lit("\r\n"),
             literal("EVALSHA", _EDIT_SHA),
             bulk(pl.col("keys")),
             "names",
             literal(ttl),
-            "arg",
+            per_key.repeat_by(pl.col("keys")).list.join(""),
         )
     ).to_series()
 
@@ -350,18 +328,6 @@ def _full_spans(
     return merged.join(full, on=["key", "t"], how="semi").sort("key", "t", "event_time", "member")
 
 
-def _series(values: Sequence[Any] | pl.Series, dtype: type[pl.DataType]) -> pl.Series:
-    return values.cast(dtype) if isinstance(values, pl.Series) else pl.Series(values=values, dtype=dtype)
-
-
-def _scored(scores: Sequence[int], members: Sequence[str]) -> list[Any]:
-    """``[score, member] * n`` as ZADD takes them."""
-    args: list[Any] = [None] * (2 * len(members))
-    args[::2] = scores
-    args[1::2] = members
-    return args
-
-
 def _pack(*args: Any) -> bytes:
     return hiredis.pack_command(args)
 
@@ -379,10 +345,6 @@ def _send_trips(store: RedisOnlineStore, trips: list[tuple[bytes, int]]) -> list
 
 def _send(store: RedisOnlineStore, commands: list[bytes]) -> list[Any]:
     """``commands``' replies, ``ROUND_TRIP_COMMANDS`` per round trip; the first error reply raised."""
-    replies: list[Any] = []
-    for i in range(0, len(commands), ROUND_TRIP_COMMANDS):
-        for reply in store.send_many(commands[i : i + ROUND_TRIP_COMMANDS]):
-            if isinstance(reply, Exception):
-                raise reply
-            replies.append(reply)
-    return replies
+    steps = range(0, len(commands), ROUND_TRIP_COMMANDS)
+    trips = [(b"".join(part), len(part)) for part in (commands[i : i + ROUND_TRIP_COMMANDS] for i in steps)]
+    return _send_trips(store, trips)

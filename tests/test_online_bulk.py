@@ -9,6 +9,7 @@ every key of both: events, tiles, the idempotency index, checkpoints, counters, 
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from highwater.settings import Settings
 from sinks.online import WriteBatch
 from sinks.redis_bulk import finish_merge, write_bulk
 from tests.state import every_key
-from tests.write_schedules import batches, store_for
+from tests.write_schedules import batches, stopped_by_a_wrong_type_key, store_for
 
 pytestmark = pytest.mark.stack
 
@@ -69,20 +70,8 @@ def test_a_bulk_write_stopped_before_its_commit_is_completed_by_writing_it_again
         write_bulk(bulk, batch)
     last = schedule[-1]
     script.write(last)
-    before = every_key(stack, bulk.keys.generation)
-    # A key of the wrong type makes one command fail, as a stop would leave it: the others went in.
-    blocker = bulk.keys.events("card", last.events[-1].updates[0].entity_id)
-    redis_client.delete(blocker)
-    redis_client.set(blocker, "in the way")
-    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-        write_bulk(bulk, last)
-    stopped = every_key(stack, bulk.keys.generation)
-    assert stopped != before  # some events went in...
-    for name in ("meta:checkpoints", "meta:counters", "meta:clock", "meta:seen", "meta:apply_seq"):
-        assert stopped[name] == before[name]  # ...but none of the batch's bookkeeping moved
+    stopped = stopped_by_a_wrong_type_key(stack, bulk, last, partial(write_bulk, bulk))
     assert "meta:seen_merge" not in stopped
-    redis_client.delete(blocker)
-    redis_client.zadd(blocker, dict(before[blocker.removeprefix(f"hw:{bulk.keys.generation}:")]))
     write_bulk(bulk, last)
     assert every_key(stack, bulk.keys.generation) == every_key(stack, script.keys.generation)
 

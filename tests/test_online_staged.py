@@ -15,7 +15,7 @@ import redis
 
 from highwater.settings import Settings
 from tests.state import every_key
-from tests.write_schedules import batches, store_for
+from tests.write_schedules import batches, stopped_by_a_wrong_type_key, store_for
 
 pytestmark = pytest.mark.stack
 
@@ -50,18 +50,6 @@ def test_a_staged_write_stopped_between_parts_is_completed_by_writing_it_again(
         staged.write(batch)
     last = schedule[-1]
     whole.write(last)
-    before = every_key(stack, staged.keys.generation)
-    # A key of the wrong type makes a late part fail, as a stop would leave it: earlier parts applied.
-    blocker = staged.keys.events("card", last.events[-1].updates[0].entity_id)
-    redis_client.delete(blocker)
-    redis_client.set(blocker, "in the way")
-    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
-        staged.write(last)
-    stopped = every_key(stack, staged.keys.generation)
-    assert stopped != before  # some events went in...
-    for name in ("meta:checkpoints", "meta:counters", "meta:clock", "meta:seen", "meta:apply_seq"):
-        assert stopped[name] == before[name]  # ...but none of the batch's bookkeeping moved
-    redis_client.delete(blocker)
-    redis_client.zadd(blocker, dict(before[blocker.removeprefix(f"hw:{staged.keys.generation}:")]))
+    stopped_by_a_wrong_type_key(stack, staged, last, staged.write)  # a late part fails: earlier ones in
     staged.write(last)
     assert every_key(stack, staged.keys.generation) == every_key(stack, whole.keys.generation)

@@ -2,18 +2,25 @@
 
 :func:`batches` gives 40 batches over 5 hours with what makes writes differ if anything is wrong: a busy
 tiled merchant, out-of-order delivery, events beyond the horizon, repeated ids (some with other contents);
-:func:`store_for` a store with a horizon short enough for trimming to happen within them.
+:func:`store_for` a store with a horizon short enough for trimming to happen within them;
+:func:`stopped_by_a_wrong_type_key` a large write stopped part-way.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
 
 from highwater.settings import Settings
 from sinks.online import AppliedEvent, EntityUpdate, HistorySpan, PartitionCheckpoint, WriteBatch
 from sinks.redis_online import RedisOnlineStore
 from streams.features import Aggregation, Entity, Feature, FeatureRegistry
+from tests.state import every_key
 
 T0 = 1_772_409_600_000
 MINUTE = 60_000
@@ -92,3 +99,26 @@ def batches(seed: int) -> list[WriteBatch]:
         )
         offset += len(group)
     return batches
+
+
+def stopped_by_a_wrong_type_key(
+    stack: Settings, store: RedisOnlineStore, batch: WriteBatch, write: Callable[[WriteBatch], object]
+) -> dict[str, Any]:
+    """Run ``write(batch)`` while one of its card keys holds a string: a command fails part-way, as a stop
+    would leave it. Asserts that some events went in but none of the batch's bookkeeping moved, puts the
+    key back, and returns the state the stop left (every key, as :func:`tests.state.every_key`)."""
+    client = redis.Redis.from_url(stack.redis_url)
+    generation = store.keys.generation
+    before = every_key(stack, generation)
+    blocker = store.keys.events("card", batch.events[-1].updates[0].entity_id)
+    client.delete(blocker)
+    client.set(blocker, "in the way")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        write(batch)
+    stopped = every_key(stack, generation)
+    assert stopped != before  # some events went in...
+    for name in ("meta:checkpoints", "meta:counters", "meta:clock", "meta:seen", "meta:apply_seq"):
+        assert stopped[name] == before[name]  # ...but none of the batch's bookkeeping moved
+    client.delete(blocker)
+    client.zadd(blocker, dict(before[blocker.removeprefix(f"hw:{generation}:")]))
+    return stopped
