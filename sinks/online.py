@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from streams.features import EntityLayout, FeatureRegistry
 
 
@@ -187,16 +189,17 @@ class EventColumns(NamedTuple):
 
     ``updates``: per entity, ``(entity, each event's entity id, the entity's fields as columns)``: the
     k-th column holds every event's k-th field. The stream job builds these straight from its decoded
-    columns, which spares Python objects per event and entity.
+    columns, which spares Python objects per event and entity. A column is a sequence or a polars
+    Series (the stream job's, which a bulk write keeps in polars).
 
     Example:
         >>> columns = EventColumns(["t1", "t2"], [1000, 2000], [("card", ["c1", "c1"], [["5.0", "7.5"]])])
         >>> store.write(WriteBatch(columns=[columns]))  # doctest: +SKIP
     """
 
-    event_ids: Sequence[str]
-    event_times_ms: Sequence[int]
-    updates: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]]
+    event_ids: Sequence[str] | pl.Series
+    event_times_ms: Sequence[int] | pl.Series
+    updates: Sequence[tuple[str, Sequence[str] | pl.Series, Sequence[Sequence[str] | pl.Series]]]
 
 
 @dataclass

@@ -86,11 +86,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import hiredis
+import polars as pl
 import redis
 
 from highwater.settings import Settings
 from sinks.online import (
     AsOfTooOldError,
+    EventColumns,
     FeatureNotHeldError,
     FeatureValue,
     HistorySpan,
@@ -292,7 +294,7 @@ class RedisOnlineStore:
                     by_key[key] = [event.event_time_ms, member]
                 else:
                     entries += (event.event_time_ms, member)
-        for block in batch.columns:
+        for block in map(_listed, batch.columns):
             fresh: list[bool] = []  # per event: False for a repeated copy
             for event_id, event_time in zip(block.event_ids, block.event_times_ms, strict=True):
                 if event_id in first_seen:
@@ -755,3 +757,13 @@ def _parse_layout(raw: bytes | str) -> EntityLayout:
 def text(value: bytes | str) -> str:
     """A Redis reply (bytes) as text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _listed(block: EventColumns) -> EventColumns:
+    """``block`` with its polars columns as lists: listed at once, not iterated value by value."""
+
+    def listed(column: Any) -> Any:
+        return column.to_list() if isinstance(column, pl.Series) else column
+
+    updates = [(entity, listed(ids), [listed(c) for c in columns]) for entity, ids, columns in block.updates]
+    return EventColumns(listed(block.event_ids), listed(block.event_times_ms), updates)

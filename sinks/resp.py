@@ -60,6 +60,6 @@ def round_trips(commands: pl.Series, per_trip: int) -> list[tuple[bytes, int]]:
         commands.to_frame("command")
         .with_columns(trip=pl.int_range(pl.len()) // per_trip)
         .group_by("trip", maintain_order=True)
-        .agg(pl.col("command").str.join(""), pl.len())
+        .agg(pl.col("command").str.join("").cast(pl.Binary), pl.len())
     )
-    return [(text.encode(), n) for text, n in zip(trips["command"], trips["len"], strict=True)]
+    return list(zip(trips["command"].to_list(), trips["len"].to_list(), strict=True))

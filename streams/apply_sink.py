@@ -309,36 +309,40 @@ def _warn_about_unheld(generation: str, registry: FeatureRegistry, held: dict[st
 
 
 def _event_columns(applied: pl.DataFrame, layout: _Layout) -> EventColumns:
-    """The applied events of a batch as the online store takes them (ids, times, each entity's fields)."""
+    """The applied events of a batch as the online store takes them (ids, times, each entity's fields),
+    as polars columns: a bulk write keeps them in polars, a script write lists them."""
     id_field, time_field, entities = layout
     updates = []
     for entity, key_field, fields in entities:
         columns = [_field_texts(applied.get_column(name)) for name in fields]
         updates.append((entity, _texts(applied.get_column(key_field)), columns))
-    return EventColumns(
-        _texts(applied.get_column(id_field)), applied.get_column(time_field).to_list(), updates
-    )
+    return EventColumns(_texts(applied.get_column(id_field)), applied.get_column(time_field), updates)
 
 
-def _field_texts(column: pl.Series) -> list[str]:
+def _field_texts(column: pl.Series) -> pl.Series:
     """A field's values as :func:`~streams.features.as_text` writes them (text columns as they are)."""
     if column.dtype == pl.String:
-        return column.fill_null("None").to_list()  # as_text(None) is "None"
+        return column.fill_null("None")  # as_text(None) is "None"
     if column.dtype == pl.Float64:
         # polars prints a double as repr() does wherever repr() uses positional notation
         # (1e-4 <= |x| < 1e16, and zeros); the few others, and nulls, go through as_text.
         size = column.abs()
         positional = (((size >= 1e-4) & (size < 1e16)) | (column == 0)).fill_null(False)
-        texts: list[str] = column.cast(pl.String).to_list()
-        for i in (~positional).arg_true().to_list():
-            texts[i] = as_text(column[i])
-        return texts
-    return list(map(as_text, column.to_list()))
+        texts = column.cast(pl.String)
+        others = (~positional).arg_true()
+        if others.is_empty():
+            return texts
+        return texts.scatter(others, [as_text(column[i]) for i in others.to_list()])
+    if column.dtype.is_integer():
+        return column.cast(pl.String).fill_null("None")
+    return pl.Series(column.name, list(map(as_text, column.to_list())), pl.String)
 
 
-def _texts(column: pl.Series) -> list[str]:
-    values = column.to_list()
-    return values if column.dtype == pl.String else list(map(str, values))
+def _texts(column: pl.Series) -> pl.Series:
+    """Ids and keys as text, as ``str`` writes them."""
+    if column.dtype == pl.String or column.dtype.is_integer():
+        return column.cast(pl.String)
+    return pl.Series(column.name, list(map(str, column.to_list())), pl.String)
 
 
 def write_history(

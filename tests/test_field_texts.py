@@ -20,11 +20,13 @@ def test_doubles_print_as_repr_prints_them() -> None:
     values += [0.0, -0.0, None, 1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 5e-324]
     values += [1.7976931348623157e308, float("nan"), float("inf"), float("-inf"), 0.1 + 0.2, 1e15 + 0.5]
     column = pl.Series(values, dtype=pl.Float64)
-    assert _field_texts(column) == [as_text(v) for v in column.to_list()]
+    assert _field_texts(column).to_list() == [as_text(v) for v in column.to_list()]
 
 
 def test_text_and_integer_columns() -> None:
     text = pl.Series(["m-1", None, "café", ""], dtype=pl.String)
-    assert _field_texts(text) == ["m-1", "None", "café", ""]
+    assert _field_texts(text).to_list() == ["m-1", "None", "café", ""]
     integers = pl.Series([0, -5, 2**62, None], dtype=pl.Int64)
-    assert _field_texts(integers) == ["0", "-5", str(2**62), "None"]
+    assert _field_texts(integers).to_list() == ["0", "-5", str(2**62), "None"]
+    flags = pl.Series([True, False, None], dtype=pl.Boolean)
+    assert _field_texts(flags).to_list() == ["True", "False", "None"]
