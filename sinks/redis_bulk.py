@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import hiredis
+import numpy as np
 import polars as pl
 
 from sinks.online import WriteBatch
@@ -76,13 +78,20 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     new = kept.filter(~_applied_before(store, kept.get_column("event_id")))
     entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
     written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
-    tiles = _edit_commands(store.ttl_ms, _tile_edits(store, entries, written, trim))  # reads spans first
     _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
     # In few script calls: converting entries to Lua and back costs Redis about 1.4 s per million events
     # more than plain ZADDs would, but a reply per key would cost this writer more, and hold the GIL.
-    _send_trips(
-        store, round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
-    )
+    inserts = round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
+    recorded = new.select("event_time", "event_id")
+    record = _merge_record(trim, recorded) if first.height else None  # no ids: seen stays as it is
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-inserts") as sender:
+        # Redis inserts the events while this thread reads the tile spans back and encodes the rest. A
+        # span read meanwhile may hold some of the chunk's events already: the rebuild takes the union of
+        # what a span holds and the chunk's events, the same whenever the span is read.
+        inserting = sender.submit(_send_trips, store, inserts)
+        tiles = _edit_commands(store.ttl_ms, _tile_edits(store, entries, written, trim))
+        merges = _merge_commands(store, trim, recorded) if record is not None else []
+        inserting.result()
     _send(store, tiles)
     counters = dict(batch.counters)
     skipped = {
@@ -92,15 +101,12 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     for name, n in skipped.items():
         if n:
             counters[name] = counters.get(name, 0) + n
-    recorded = new.select("event_time", "event_id")
-    record = _merge_record(trim, recorded) if first.height else None  # no ids: seen stays as it is
     reply = store.apply_script(
         store.apply_command(
             trim, [], [], {}, batch.checkpoints, counters, partition_max, batch.history, record
         )
     )
-    if record is not None:
-        _merge(store, trim, recorded)
+    _merge(store, merges)
     return int(reply[2]) or None
 
 
@@ -113,7 +119,7 @@ def finish_merge(store: RedisOnlineStore) -> bool:
     lines = pl.Series(body.split("\n") if body else [], dtype=pl.String)
     fields = lines.str.split_exact(FIELD_SEPARATOR, 1).struct.unnest()
     rows = fields.select(event_time=pl.col("field_0").cast(pl.Int64), event_id="field_1")
-    _merge(store, int(head), rows)
+    _merge(store, _merge_commands(store, int(head), rows))
     return True
 
 
@@ -124,15 +130,20 @@ def _merge_record(trim: int, rows: pl.DataFrame) -> str:
     return f"{trim}\n{lines.item()}"
 
 
-def _merge(store: RedisOnlineStore, trim: int, rows: pl.DataFrame) -> None:
-    """Record ids ``rows`` (event_time, event_id) in ``meta:seen``, trim it as the script does, and
-    delete the merge record."""
+def _merge(store: RedisOnlineStore, trips: list[tuple[bytes, int]]) -> None:
+    """Send a merge record's round trips (:func:`_merge_commands`)."""
+    _send_trips(store, trips)
+
+
+def _merge_commands(store: RedisOnlineStore, trim: int, rows: pl.DataFrame) -> list[tuple[bytes, int]]:
+    """Round trips recording ids ``rows`` (event_time, event_id) in ``meta:seen``, trimming it as the
+    script does, and deleting the merge record."""
     seen = store.keys.seen
     numbered = rows.with_columns(command=pl.int_range(pl.len()) // ID_STEP)
     head = literal("ZADD", seen)
     adds = variadic(numbered, "command", head, 2, bulk(pl.col("event_time")) + bulk(pl.col("event_id")), 2)
-    _send_trips(store, round_trips(adds, ROUND_TRIP_COMMANDS))
-    _send(store, [_pack("ZREMRANGEBYSCORE", seen, "-inf", f"({trim}"), _pack("DEL", store.keys.seen_merge)])
+    finish = [_pack("ZREMRANGEBYSCORE", seen, "-inf", f"({trim}"), _pack("DEL", store.keys.seen_merge)]
+    return [*round_trips(adds, ROUND_TRIP_COMMANDS), (b"".join(finish), len(finish))]
 
 
 def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -308,15 +319,25 @@ def _full_spans(
         _pack("ZRANGEBYSCORE", key, low * tile_ms, f"({(high + 1) * tile_ms}", "WITHSCORES")
         for key, low, high in ranges
     ]
-    rows: dict[str, list[Any]] = {"key": [], "event_time": [], "member": []}
+    keys, counts, members, scores = [], [], [], []
     for (key, _, _), reply in zip(ranges, _send(store, reads), strict=True):
-        # [member, score] pairs (RESP3), or members and scores in turn (RESP2)
-        pairs = reply if reply and isinstance(reply[0], list) else zip(reply[::2], reply[1::2], strict=True)
-        for member, score in pairs:
-            rows["key"].append(key)
-            rows["event_time"].append(int(float(score)))
-            rows["member"].append(member.decode())
-    held = pl.DataFrame(rows, schema={name: _ENTRIES_SCHEMA[name] for name in rows})
+        if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3)
+            reply = [value for pair in reply for value in pair]
+        members += reply[::2]  # members and scores in turn (RESP2)
+        scores += reply[1::2]
+        keys.append(key)
+        counts.append(len(reply) // 2)
+    score = pl.Series(scores)
+    if score.dtype == pl.Binary:
+        score = score.cast(pl.String)
+    held = pl.DataFrame(
+        {
+            "key": pl.Series(keys, dtype=pl.String).gather(np.repeat(np.arange(len(keys)), counts)),
+            "event_time": score.cast(pl.Float64).cast(pl.Int64),
+            "member": pl.Series(members, dtype=pl.Binary).cast(pl.String),
+        },
+        schema={name: _ENTRIES_SCHEMA[name] for name in ("key", "event_time", "member")},
+    )
     merged = (
         pl.concat([held, written.select("key", "event_time", "member")])
         .filter(pl.col("event_time") >= trim)
