@@ -319,14 +319,19 @@ def _full_spans(
         _pack("ZRANGEBYSCORE", key, low * tile_ms, f"({(high + 1) * tile_ms}", "WITHSCORES")
         for key, low, high in ranges
     ]
-    keys, counts, members, scores = [], [], [], []
+    keys: list[str] = []
+    counts: list[int] = []
+    members: list[bytes] = []
+    scores: list[Any] = []  # floats (RESP3) or their text (RESP2)
     for (key, _, _), reply in zip(ranges, _send(store, reads), strict=True):
-        if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3)
-            reply = [value for pair in reply for value in pair]
-        members += reply[::2]  # members and scores in turn (RESP2)
-        scores += reply[1::2]
+        if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3, redis-py's default)
+            held_members, held_scores = zip(*reply, strict=True)
+        else:  # members and scores in turn (RESP2)
+            held_members, held_scores = reply[::2], reply[1::2]
+        members += held_members
+        scores += held_scores
         keys.append(key)
-        counts.append(len(reply) // 2)
+        counts.append(len(held_members))
     score = pl.Series(scores)
     if score.dtype == pl.Binary:
         score = score.cast(pl.String)

@@ -36,8 +36,14 @@ REGISTRY = FeatureRegistry(
 )
 
 
-def store_for(stack: Settings, generation: str, script_max_entries: int) -> RedisOnlineStore:
+def store_for(
+    stack: Settings, generation: str, script_max_entries: int, protocol: int | None = None
+) -> RedisOnlineStore:
+    """A store of ``generation`` with a short horizon; ``protocol``: the RESP version its client speaks
+    (None: redis-py's default)."""
     settings = stack.for_generation(generation).model_copy(deep=True)
+    if protocol is not None:
+        settings.redis_url = f"{settings.redis_url}?protocol={protocol}"
     # A short horizon, so trimming and events beyond it happen within the hours these tests write.
     settings.online.retention_ms = 15 * MINUTE
     settings.stream.max_out_of_orderness_ms = MINUTE
