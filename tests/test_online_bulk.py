@@ -60,6 +60,19 @@ def test_bulk_writes_leave_exactly_the_state_of_one_script(
     assert any(name.startswith("tl:") for name in expected)
 
 
+def test_bulk_writes_split_into_small_commands_leave_the_same_state(
+    stack: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a few entries per command, keys with more events in a batch than one ZADD takes are split
+    over several, and the id checks, merges and tile edits over many commands."""
+    monkeypatch.setattr("sinks.redis_bulk.ID_STEP", 3)
+    script = store_for(stack, "bulk-small-script", sys.maxsize)
+    bulk = store_for(stack, "bulk-small-bulk", sys.maxsize)
+    for batch in _merged(batches(5), 5):
+        assert script.write(batch) == write_bulk(bulk, batch)
+    assert every_key(stack, bulk.keys.generation) == every_key(stack, script.keys.generation)
+
+
 def test_a_bulk_write_stopped_before_its_commit_is_completed_by_writing_it_again(
     stack: Settings, redis_client: redis.Redis
 ) -> None:
