@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import numpy as np
@@ -79,18 +79,20 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
     written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
     _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
-    # Events go in plain ZADDs, a reply per key (in a script, converting entries to Lua and back would
-    # cost Redis about 1.4 s per million events more); trims and TTLs in few script calls, not two more
-    # replies per key.
-    inserts = round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
+    tiled = _tiled_entities(store, entries, trim)
     recorded = new.select("event_time", "event_id")
     record = _merge_record(trim, recorded) if first.height else None  # no ids: seen stays as it is
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-inserts") as sender:
-        # Redis inserts the events while this thread reads the tile spans back and encodes the rest. A
-        # span read meanwhile may hold some of the chunk's events already: the rebuild takes the union of
-        # what a span holds and the chunk's events, the same whenever the span is read.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-sender") as sender:
+        # The touched tile spans are read back first, so they hold only events written before this
+        # chunk (or, when the chunk is written again after a stop, some of its own: the rebuild takes the
+        # union). This thread encodes the inserts meanwhile, and rebuilds the tiles while Redis inserts.
+        reading = sender.submit(_read_spans, store, tiled)
+        # Events go in plain ZADDs, a reply per key (in a script, converting entries to Lua and back
+        # would cost Redis about 1.4 s per million events more); trims and TTLs in few script calls,
+        # not two more replies per key.
+        inserts = round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
         inserting = sender.submit(_send_trips, store, inserts)
-        tiles = _edit_commands(store.ttl_ms, _tile_edits(store, entries, written, trim))
+        tiles = _edit_commands(store.ttl_ms, _tile_edits(store, tiled, reading.result(), written, trim))
         merges = _merge_commands(store, trim, recorded) if record is not None else []
         inserting.result()
     _send(store, tiles)
@@ -274,10 +276,24 @@ def _trim_calls(entries: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
     ).to_series()
 
 
-def _tile_edits(
-    store: RedisOnlineStore, entries: pl.DataFrame, written: pl.DataFrame, trim: int
-) -> Iterator[_Edit]:
-    """Every tiles key of the batch's tiled entity ids: its touched tiles rebuilt, trimmed."""
+class _TiledEntity(NamedTuple):
+    """A tiled entity's part of a batch: which of its tiles the batch touches."""
+
+    entity: str
+    prefix: str
+    """Its events keys' prefix."""
+    tile_ms: int
+    fields: list[tuple[int, str]]
+    """Each tiled field's position in the member (1 = first field) and name."""
+    keys: list[str]
+    """Its events keys in the batch, in first-seen order: each one's tiles keys are trimmed."""
+    touched: pl.DataFrame
+    """(key, t): the tiles at or above the trim's tile that an event of the batch falls in."""
+
+
+def _tiled_entities(store: RedisOnlineStore, entries: pl.DataFrame, trim: int) -> list[_TiledEntity]:
+    """The batch's tiled entities that it has events of, and the tiles it touches."""
+    found = []
     for entity, prefix, tile_ms, fields in store.tiling():
         tiled = entries.filter(pl.col("key").str.starts_with(prefix))
         if tiled.is_empty():
@@ -286,11 +302,68 @@ def _tile_edits(
         touched = (
             tiled.select("key", t=pl.col("event_time") // tile_ms).filter(pl.col("t") >= keep_from).unique()
         )
+        keys = tiled.get_column("key").unique(maintain_order=True).to_list()
+        found.append(_TiledEntity(entity, prefix, tile_ms, fields, keys, touched))
+    return found
+
+
+def _read_spans(store: RedisOnlineStore, tiled: list[_TiledEntity]) -> list[pl.DataFrame]:
+    """Per tiled entity, the events (key, event_time, member) Redis holds in the spans of the tiles the
+    batch touches, from each key's lowest touched tile to its highest."""
+    plans = [
+        (entity.tile_ms, entity.touched.group_by("key").agg(low=pl.col("t").min(), high=pl.col("t").max()))
+        for entity in tiled
+    ]
+    reads = [
+        _pack("ZRANGEBYSCORE", key, low * tile_ms, f"({(high + 1) * tile_ms}", "WITHSCORES")
+        for tile_ms, ranges in plans
+        for key, low, high in ranges.iter_rows()
+    ]
+    replies = iter(_send(store, reads))
+    held = []
+    for _, ranges in plans:
+        keys: list[str] = ranges.get_column("key").to_list()
+        counts: list[int] = []
+        members: list[bytes] = []
+        scores: list[Any] = []  # floats (RESP3) or their text (RESP2)
+        for reply in (next(replies) for _ in keys):
+            if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3, redis-py's default)
+                held_members, held_scores = zip(*reply, strict=True)
+            else:  # members and scores in turn (RESP2)
+                held_members, held_scores = reply[::2], reply[1::2]
+            members += held_members
+            scores += held_scores
+            counts.append(len(held_members))
+        score = pl.Series(scores)
+        if score.dtype == pl.Binary:
+            score = score.cast(pl.String)
+        held.append(
+            pl.DataFrame(
+                {
+                    "key": pl.Series(keys, dtype=pl.String).gather(np.repeat(np.arange(len(keys)), counts)),
+                    "event_time": score.cast(pl.Float64).cast(pl.Int64),
+                    "member": pl.Series(members, dtype=pl.Binary).cast(pl.String),
+                },
+                schema={name: _ENTRIES_SCHEMA[name] for name in ("key", "event_time", "member")},
+            )
+        )
+    return held
+
+
+def _tile_edits(
+    store: RedisOnlineStore,
+    tiled: list[_TiledEntity],
+    held: list[pl.DataFrame],
+    written: pl.DataFrame,
+    trim: int,
+) -> Iterator[_Edit]:
+    """Every tiles key of the batch's tiled entity ids: its touched tiles rebuilt, trimmed."""
+    for (entity, prefix, tile_ms, fields, keys, touched), theirs in zip(tiled, held, strict=True):
         ours = written.filter(pl.col("key").str.starts_with(prefix))
-        spans = _full_spans(store, touched, ours, trim, tile_ms)
+        spans = _full_spans(touched, theirs, ours, trim, tile_ms)
         sizes = spans.group_by("key", "t", maintain_order=True).len().rows()
         values = spans.get_column("member").str.split(FIELD_SEPARATOR)
-        cut = ["-inf", f"({keep_from}"]
+        cut = ["-inf", f"({trim // tile_ms}"]
         for position, field in fields:
             # Lua's tonumber of the field, packed '<d': the same doubles, in the set's order.
             packed = values.list.get(position).cast(pl.Float64).to_numpy().astype("<f8").tobytes()
@@ -301,7 +374,7 @@ def _tile_edits(
                 cuts += (t, t)
                 scored += (t, f"{t}:".encode() + packed[8 * start : 8 * (start + n)])
                 start += n
-            for key in tiled.get_column("key").unique(maintain_order=True).to_list():
+            for key in keys:
                 cuts, scored = rebuilt.get(key, ([], []))
                 yield store.keys.tiles(entity, key[len(prefix) : -1], field), [*cuts, *cut], scored
 
@@ -329,49 +402,22 @@ def _edit_commands(ttl: int, edits: Iterable[_Edit]) -> list[bytes]:
 
 
 def _full_spans(
-    store: RedisOnlineStore, touched: pl.DataFrame, written: pl.DataFrame, trim: int, tile_ms: int
+    touched: pl.DataFrame, held: pl.DataFrame, written: pl.DataFrame, trim: int, tile_ms: int
 ) -> pl.DataFrame:
-    """The events (key, t, event_time, member) of the touched tile spans that will hold at least
-    ``TILE_MIN_EVENTS`` once the batch is written (those in Redis at or above the trim, and the batch's),
-    in the sorted set's order."""
-    ranges = touched.group_by("key").agg(low=pl.col("t").min(), high=pl.col("t").max()).rows()
-    reads = [
-        _pack("ZRANGEBYSCORE", key, low * tile_ms, f"({(high + 1) * tile_ms}", "WITHSCORES")
-        for key, low, high in ranges
-    ]
-    keys: list[str] = []
-    counts: list[int] = []
-    members: list[bytes] = []
-    scores: list[Any] = []  # floats (RESP3) or their text (RESP2)
-    for (key, _, _), reply in zip(ranges, _send(store, reads), strict=True):
-        if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3, redis-py's default)
-            held_members, held_scores = zip(*reply, strict=True)
-        else:  # members and scores in turn (RESP2)
-            held_members, held_scores = reply[::2], reply[1::2]
-        members += held_members
-        scores += held_scores
-        keys.append(key)
-        counts.append(len(held_members))
-    score = pl.Series(scores)
-    if score.dtype == pl.Binary:
-        score = score.cast(pl.String)
-    held = pl.DataFrame(
-        {
-            "key": pl.Series(keys, dtype=pl.String).gather(np.repeat(np.arange(len(keys)), counts)),
-            "event_time": score.cast(pl.Float64).cast(pl.Int64),
-            "member": pl.Series(members, dtype=pl.Binary).cast(pl.String),
-        },
-        schema={name: _ENTRIES_SCHEMA[name] for name in ("key", "event_time", "member")},
-    )
-    merged = (
-        pl.concat([held, written.select("key", "event_time", "member")])
-        .filter(pl.col("event_time") >= trim)
-        .unique()
+    """The events (key, t, event_time, member) of the touched tile spans that hold at least
+    ``TILE_MIN_EVENTS`` once the batch is written (``held``, those in Redis at or above the trim, and
+    the batch's), in the sorted set's order."""
+    ours = written.select("key", "event_time", "member")
+    # A member Redis holds that the batch writes again (a chunk written again after a stop) is the
+    # batch's: ZADD gives it the batch's score.
+    theirs = held.filter(pl.col("event_time") >= trim).join(ours, on=["key", "member"], how="anti")
+    return (
+        pl.concat([theirs, ours])
         .with_columns(t=pl.col("event_time") // tile_ms)
         .join(touched, on=["key", "t"], how="semi")
+        .filter(pl.len().over("key", "t") >= TILE_MIN_EVENTS)
+        .sort("key", "t", "event_time", "member")
     )
-    full = merged.group_by("key", "t").len().filter(pl.col("len") >= TILE_MIN_EVENTS).drop("len")
-    return merged.join(full, on=["key", "t"], how="semi").sort("key", "t", "event_time", "member")
 
 
 def _pack(*args: Any) -> bytes:
