@@ -24,6 +24,7 @@ from sinks.online import (
 )
 from sinks.redis_online import RedisOnlineStore
 from streams.features import ENTITIES, FEATURES, REGISTRY, Aggregation, Entity, Feature, FeatureRegistry
+from tests.write_schedules import applied_event
 
 pytestmark = pytest.mark.stack
 
@@ -34,19 +35,6 @@ HOUR = 3_600_000
 def _event(txn: str, card: str, at: int, amount: float, merchant: str = "m1") -> AppliedEvent:
     record = {"card_id": card, "merchant_id": merchant, "amount": amount}
     return AppliedEvent(txn, at, (EntityUpdate("card", card, REGISTRY.payload_of("card", record)),))
-
-
-def _both(txn: str, card: str, merchant: str, at: int, amount: float) -> AppliedEvent:
-    """An event updating its card and its merchant."""
-    record = {"card_id": card, "merchant_id": merchant, "amount": amount}
-    return AppliedEvent(
-        txn,
-        at,
-        (
-            EntityUpdate("card", card, REGISTRY.payload_of("card", record)),
-            EntityUpdate("merchant", merchant, REGISTRY.payload_of("merchant", record)),
-        ),
-    )
 
 
 def _store(stack: Settings, generation: str) -> RedisOnlineStore:
@@ -166,9 +154,13 @@ def test_a_duplicate_id_is_skipped_for_every_entity_of_the_event(
     stack: Settings, redis_client: redis.Redis
 ) -> None:
     store = _store(stack, "dedupe-entities")
-    store.write(WriteBatch([_both("t1", "c1", "m1", T0, 5.0), _both("t2", "c2", "m1", T0, 1.0)]))
+    store.write(
+        WriteBatch([applied_event("t1", T0, "c1", "m1", 5.0), applied_event("t2", T0, "c2", "m1", 1.0)])
+    )
     # The second copy of t1 names other entities: none of them may see it.
-    store.write(WriteBatch([_both("t1", "c9", "m9", T0, 7.0), _both("t3", "c1", "m1", T0, 2.0)]))
+    store.write(
+        WriteBatch([applied_event("t1", T0, "c9", "m9", 7.0), applied_event("t3", T0, "c1", "m1", 2.0)])
+    )
     merchants = store.read("merchant", ["m1", "m9"], ["merchant_txn_count_1h"], T0).rows
     assert [row["merchant_txn_count_1h"].value for row in merchants] == [3, 0]
     cards = store.read("card", ["c1", "c9"], ["card_amount_sum_1h"], T0).rows
@@ -245,9 +237,9 @@ def _generation_state(client: redis.Redis, generation: str) -> dict[str, object]
 def test_columns_write_exactly_what_events_write(stack: Settings, redis_client: redis.Redis) -> None:
     """The stream job writes columns (EventColumns); they must leave the state events leave, duplicates
     within and across batches included."""
-    first = [_both(f"t{i}", f"c{i % 3}", f"m{i % 2}", T0 + i * 1000, 0.1 * i) for i in range(20)]
-    first.append(_both("t4", "c9", "m9", T0 + 99, 9.0))  # a second copy in the same batch
-    second = [_both("t7", "c1", "m1", T0, 1.0), _both("t50", "c1", "m0", T0 + HOUR, 2.5)]
+    first = [applied_event(f"t{i}", T0 + i * 1000, f"c{i % 3}", f"m{i % 2}", 0.1 * i) for i in range(20)]
+    first.append(applied_event("t4", T0 + 99, "c9", "m9", 9.0))  # a second copy in the same batch
+    second = [applied_event("t7", T0, "c1", "m1", 1.0), applied_event("t50", T0 + HOUR, "c1", "m0", 2.5)]
     checkpoint = [PartitionCheckpoint("transactions", 0, 21, T0 + 19_000)]
     by_events, by_columns = _store(stack, "rows"), _store(stack, "cols")
     by_events.write(WriteBatch(first, checkpoint, {"applied": 21}))
