@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any, NamedTuple
 
 import hiredis
@@ -326,7 +327,7 @@ def _read_spans(store: RedisOnlineStore, tiled: list[_TiledEntity]) -> list[pl.D
         counts: list[int] = []
         members: list[bytes] = []
         scores: list[Any] = []  # floats (RESP3) or their text (RESP2)
-        for reply in (next(replies) for _ in keys):
+        for reply in islice(replies, len(keys)):
             if reply and isinstance(reply[0], list):  # [member, score] pairs (RESP3, redis-py's default)
                 held_members, held_scores = zip(*reply, strict=True)
             else:  # members and scores in turn (RESP2)
