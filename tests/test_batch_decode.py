@@ -110,17 +110,30 @@ def test_corrupt_records_get_the_same_errors_and_spare_their_neighbours(
     assert_same_as_serde(serde, TRANSACTIONS, values)
 
 
-def test_old_and_new_writer_schemas_in_one_batch(
+def test_trailing_bytes_on_the_last_value_are_its_error(
     serde: AvroSerde, transactions: list[dict[str, Any]]
+) -> None:
+    # The block read stops after the last record and ignores what follows it, so only the lengths check
+    # tells this record from a clean one.
+    values: list[bytes | None] = [serde.encode(TRANSACTIONS, r) for r in transactions[:50]]
+    values[-1] = (values[-1] or b"") + b"\x00\x00"
+    assert_same_as_serde(serde, TRANSACTIONS, values)
+    assert set(BatchDecoder(serde).decode(TRANSACTIONS, values).errors) == {49}
+
+
+@pytest.mark.parametrize("new_first", [True, False])
+def test_old_and_new_writer_schemas_in_one_batch(
+    serde: AvroSerde, transactions: list[dict[str, Any]], new_first: bool
 ) -> None:
     values: list[bytes | None] = []
     for i, record in enumerate(transactions[:300]):
-        if i % 3 == 0:
+        if (i % 3 == 0) == new_first:
             values.append(serde.encode(TRANSACTIONS, record | {"device_id": f"d{i}"}, schema_text=NEW_SCHEMA))
         else:
             values.append(serde.encode(TRANSACTIONS, record))
     frame = assert_same_as_serde(serde, TRANSACTIONS, values)
-    assert BatchDecoder(serde).decode(TRANSACTIONS, values).one_by_one == 100  # the new schema's records
+    new_records = 100 if new_first else 200
+    assert BatchDecoder(serde).decode(TRANSACTIONS, values).one_by_one == new_records
     assert "device_id" not in frame.columns  # resolved to the reader schema, as one by one
 
 
