@@ -8,8 +8,9 @@ so the stream job touches each record in Python only where it must:
   decoding one by one);
 * business rules run one by one only on the rows a vectorized check cannot clear
   (:func:`schemas.validate.rows_to_check`);
-* lateness is one pass over the event times (the clock only moves forward, and a late event is always
-  below the clock, so "the clock after the applied events" is "the running maximum of the valid ones");
+* lateness is a running maximum over the event times in numpy (the clock only moves forward, and a
+  late event is always below the clock, so "the clock after the applied events" is "the running maximum
+  of the valid ones"); only late and malformed rows are visited in Python;
 * late and malformed records, rare, become :class:`~streams.event_time.Classified` records for their
   side topics, with the exact reasons the record-by-record classifier gives.
 
@@ -17,7 +18,8 @@ so the stream job touches each record in Python only where it must:
 
 Example:
     >>> classifier = BatchClassifier(serde, LatenessPolicy(5_000, 60_000))                 # doctest: +SKIP
-    >>> out = classifier.classify(PartitionClock(None), RawBatch("transactions", 0, offsets, keys, values))
+    >>> raw = RawBatch("transactions", 0, offsets, keys, values)                           # doctest: +SKIP
+    >>> out = classifier.classify(PartitionClock(None), raw)                               # doctest: +SKIP
     >>> out.events.filter(~pl.col(LATE)).height, out.counters                            # doctest: +SKIP
     (1998, {'applied': 1998, 'late': 1, 'malformed:undecodable': 1})
 """
@@ -123,37 +125,44 @@ class BatchClassifier:
             frame = frame.with_row_index("_position").filter(~pl.col("_position").is_in(invalid))
             frame = frame.drop("_position")
 
-        rows: list[int] = frame.get_column(ROW).to_list()
-        times: list[int] = frame.get_column(self._time_field).to_list()
-        late: list[bool] = [False] * len(rows)
-        reasons: list[str] = [""] * len(rows)
-        routed: list[Classified] = []
-        errors_at = sorted(malformed)
-        next_error = 0
-        bound = self._late_bound(clock)
-        for position, (row, event_time) in enumerate(zip(rows, times, strict=True)):
-            while next_error < len(errors_at) and errors_at[next_error] < row:
-                routed.append(self._malformed(clock, raw, errors_at[next_error], malformed))
-                next_error += 1
-            if bound is not None and event_time < bound:
-                event = frame.row(position, named=True)
-                del event[ROW]
-                record = late_record(
-                    raw.record(row), event, event_time, bound - event_time, clock, self._policy
-                )
-                routed.append(record)
-                late[position] = True
-                reasons[position] = record.reason
-            elif clock.max_event_time_ms is None or event_time > clock.max_event_time_ms:
-                clock.observe(event_time)
-                bound = self._late_bound(clock)
-        for row in errors_at[next_error:]:
-            routed.append(self._malformed(clock, raw, row, malformed))
+        rows = frame.get_column(ROW).to_numpy().astype(np.int64)
+        times = frame.get_column(self._time_field).to_numpy().astype(np.int64)
+        # The clock before each valid row: the running maximum of the times before it. Late events count
+        # in it too, harmlessly: a late event is below the clock, so it never moves it.
+        clocks = _clocks_before(clock.max_event_time_ms, times)
+        policy = self._policy
+        bounds = clocks - (policy.max_out_of_orderness_ms + policy.allowed_lateness_ms)
+        late_at = np.flatnonzero((clocks != _NO_CLOCK) & (times < bounds))
+        reasons: list[str] = [""] * len(rows) if late_at.size else []
+        routed: list[tuple[int, Classified]] = []
+        for position in late_at.tolist():
+            event = frame.row(position, named=True)
+            row = event.pop(ROW)
+            before = PartitionClock(int(clocks[position]))
+            event_time = int(times[position])
+            bound = int(bounds[position])
+            record = late_record(raw.record(row), event, event_time, bound - event_time, before, policy)
+            routed.append((row, record))
+            reasons[position] = record.reason
+        if malformed:
+            # A malformed record carries the clock after the valid rows before it.
+            start = _NO_CLOCK if clock.max_event_time_ms is None else clock.max_event_time_ms
+            after = np.append(clocks, max(start, times.max()) if times.size else start)
+            for row in sorted(malformed):
+                at = int(after[np.searchsorted(rows, row)])
+                kind, reason = malformed[row]
+                before = PartitionClock(None if at == _NO_CLOCK else at)
+                routed.append((row, malformed_record(before, raw.record(row), kind, reason)))
+            routed.sort(key=lambda pair: pair[0])
+        if times.size:
+            clock.observe(int(times.max()))
 
         offsets = raw.offsets
-        n_late = sum(late)
+        n_late = int(late_at.size)
+        late = np.zeros(len(rows), np.bool_)
+        late[late_at] = True
         events = frame.with_columns(
-            pl.Series(OFFSET, np.asarray(offsets, np.int64)[np.asarray(rows, np.intp)]),
+            pl.Series(OFFSET, np.asarray(offsets, np.int64)[rows]),
             pl.Series(LATE, late, pl.Boolean()) if n_late else pl.lit(False).alias(LATE),
             pl.Series(LATE_REASON, reasons, pl.String()) if n_late else pl.lit("").alias(LATE_REASON),
         ).drop(ROW)
@@ -169,7 +178,7 @@ class BatchClassifier:
             raw.partition,
             len(offsets),
             events,
-            routed,
+            [record for _, record in routed],
             offsets[-1] + 1,
             clock.max_event_time_ms,
             offsets[0],
@@ -177,14 +186,21 @@ class BatchClassifier:
             counters,
         )
 
-    def _late_bound(self, clock: PartitionClock) -> int | None:
-        """Event times below this are late: the watermark minus the allowed lateness."""
-        watermark = self._policy.watermark(clock)
-        return None if watermark is None else watermark - self._policy.allowed_lateness_ms
 
-    @staticmethod
-    def _malformed(
-        clock: PartitionClock, raw: RawBatch, row: int, malformed: dict[int, tuple[str, str]]
-    ) -> Classified:
-        kind, reason = malformed[row]
-        return malformed_record(clock, raw.record(row), kind, reason)
+_NO_CLOCK = np.iinfo(np.int64).min
+"""What :func:`_clocks_before` gives a row no valid event precedes in a partition without a clock."""
+
+
+def _clocks_before(start: int | None, times: np.ndarray) -> np.ndarray:
+    """The partition clock just before each of ``times`` (in log order), from ``start``.
+
+    Example:
+        >>> _clocks_before(5, np.array([3, 9, 7])).tolist()
+        [5, 5, 9]
+    """
+    clocks = np.empty_like(times)
+    if times.size:
+        clocks[0] = _NO_CLOCK if start is None else start
+        np.maximum.accumulate(times[:-1], out=clocks[1:])
+        np.maximum(clocks[1:], clocks[0], out=clocks[1:])
+    return clocks
