@@ -23,6 +23,13 @@ per 5,000 ids, trims and TTLs in a few EDIT_SORTED_SETS calls, tiles computed by
   (time, then member bytes) and packed; tiles below the trim's tile go, TTLs are set;
 * checkpoints, counters, clock, apply sequence and pending history move in one APPLY_BATCH of no events.
 
+**Planned ahead.** Working out a chunk's write (:func:`plan_bulk`: which events it applies, their
+commands, the tiles it touches, its merge record; polars, which frees the GIL) is apart from sending it
+(:func:`apply_bulk`: tile spans read back, inserts, tiles, commit, merge). The stream job's sink plans
+chunk k+1 on a thread of its own while its online writer sends chunk k, so the writer's CPU work for one
+chunk overlaps Redis inserting the one before. A plan reads ``meta:seen`` once; chunk k's ids, which
+may not be there yet, are known from chunk k's plan (see :func:`plan_bulk`).
+
 **Crash safety.** Events, trims, TTLs and tiles go first, ``ROUND_TRIP_COMMANDS`` commands per round
 trip, none of more than about ``ID_STEP`` entries (so other clients are served in between). A stop among
 them leaves events ahead of their checkpoints, as a staged write does; the restart re-reads the batch,
@@ -72,31 +79,55 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     """Apply ``batch`` to ``store``'s generation as :meth:`RedisOnlineStore.write` would, with plain
     commands (see the module docstring); returns the apply sequence number its history got, if any."""
     finish_merge(store)
+    return apply_bulk(store, plan_bulk(store, batch))
+
+
+class BulkPlan(NamedTuple):
+    """A chunk's bulk write, worked out (:func:`plan_bulk`) and waiting to be sent (:func:`apply_bulk`)."""
+
+    batch: WriteBatch
+    trim: int
+    partition_max: int | None
+    counters: dict[str, int]
+    written: pl.DataFrame
+    """The entries (ord, key, event_time, member) of the events the chunk applies."""
+    tiled: list[_TiledEntity]
+    inserts: list[tuple[bytes, int]]
+    """Round trips of the events' ZADDs and the keys' trims and TTLs."""
+    recorded: pl.DataFrame
+    """(event_time, event_id) of the ids the chunk records in ``meta:seen``."""
+    record: str | None
+    """The merge record of those ids (None: the chunk has no ids, and ``meta:seen`` stays as it is)."""
+
+
+def plan_bulk(store: RedisOnlineStore, batch: WriteBatch, previous: BulkPlan | None = None) -> BulkPlan:
+    """Everything of ``batch``'s bulk write that is not sent: which events it applies, and their commands.
+
+    Reads ``meta:seen`` once (ZMSCORE). Without ``previous`` the index must hold every id written before:
+    the generation's earlier writes have finished. With ``previous``, the plan of the chunk written just
+    before this one, that chunk's write may still be under way while this one is planned (so a writer
+    plans chunk k+1 while Redis applies chunk k): the index must hold every id of the writes before
+    ``previous``'s, and the rest is known here, exactly. ``previous``'s write records its own ids and trims
+    the index below its trim, so an id counts as applied when ``previous`` records it, or when the index
+    holds it at or above ``previous.trim`` (below, ``previous``'s write removes it, whether or not it has
+    yet).
+
+    Example:
+        >>> plan2 = plan_bulk(store, chunk2, previous=plan1)  # while plan1 is applied  # doctest: +SKIP
+        >>> apply_bulk(store, plan2)  # once apply_bulk(store, plan1) has returned  # doctest: +SKIP
+    """
     partition_max, trim = store.clock_and_trim(batch)
     events, entries = _frames(store, batch)
     first = events.filter(pl.col("event_id").is_first_distinct())
     kept = first.filter(pl.col("event_time") >= trim)
-    new = kept.filter(~_applied_before(store, kept.get_column("event_id")))
+    new = kept.filter(~_applied_before(store, kept.get_column("event_id"), previous))
     entries = entries.filter(pl.col("ord").is_in(first.get_column("ord").implode()))  # the script's
     written = entries.filter(pl.col("ord").is_in(new.get_column("ord").implode()))
-    _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
-    tiled = _tiled_entities(store, entries, trim)
+    # Events go in plain ZADDs, a reply per key (in a script, converting entries to Lua and back would cost
+    # Redis about 1.4 s per million events more); trims and TTLs in few script calls, not two more replies
+    # per key.
+    inserts = round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
     recorded = new.select("event_time", "event_id")
-    record = _merge_record(trim, recorded) if first.height else None  # no ids: seen stays as it is
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-sender") as sender:
-        # The touched tile spans are read back first, so they hold only events written before this
-        # chunk (or, when the chunk is written again after a stop, some of its own: the rebuild takes the
-        # union). This thread encodes the inserts meanwhile, and rebuilds the tiles while Redis inserts.
-        reading = sender.submit(_read_spans, store, tiled)
-        # Events go in plain ZADDs, a reply per key (in a script, converting entries to Lua and back
-        # would cost Redis about 1.4 s per million events more); trims and TTLs in few script calls,
-        # not two more replies per key.
-        inserts = round_trips(_event_commands(entries, written, trim, store.ttl_ms), ROUND_TRIP_COMMANDS)
-        inserting = sender.submit(_send_trips, store, inserts)
-        tiles = _edit_commands(store.ttl_ms, _tile_edits(store, tiled, reading.result(), written, trim))
-        merges = _merge_commands(store, trim, recorded) if record is not None else []
-        inserting.result()
-    _send(store, tiles)
     counters = dict(batch.counters)
     skipped = {
         "duplicates": events.height - first.height + kept.height - new.height,
@@ -105,9 +136,45 @@ def write_bulk(store: RedisOnlineStore, batch: WriteBatch) -> int | None:
     for name, n in skipped.items():
         if n:
             counters[name] = counters.get(name, 0) + n
+    return BulkPlan(
+        batch,
+        trim,
+        partition_max,
+        counters,
+        written,
+        _tiled_entities(store, entries, trim),
+        inserts,
+        recorded,
+        _merge_record(trim, recorded) if first.height else None,
+    )
+
+
+def apply_bulk(store: RedisOnlineStore, plan: BulkPlan) -> int | None:
+    """Send ``plan``'s write (see the module docstring); returns the apply sequence number its history got,
+    if any. The generation's writes before it must have finished, in order."""
+    _send(store, [_pack("SCRIPT", "LOAD", EDIT_SORTED_SETS)])
+    # The touched tile spans are read back first, so they hold only events written before this chunk (or,
+    # when the chunk is written again after a stop, some of its own: the rebuild takes the union). This
+    # thread rebuilds the tiles while Redis inserts.
+    held = _read_spans(store, plan.tiled)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-sender") as sender:
+        inserting = sender.submit(_send_trips, store, plan.inserts)
+        tiles = _edit_commands(store.ttl_ms, _tile_edits(store, plan.tiled, held, plan.written, plan.trim))
+        merges = _merge_commands(store, plan.trim, plan.recorded) if plan.record is not None else []
+        inserting.result()
+    _send(store, tiles)
+    batch = plan.batch
     reply = store.apply_script(
         store.apply_command(
-            trim, [], [], {}, batch.checkpoints, counters, partition_max, batch.history, record
+            plan.trim,
+            [],
+            [],
+            {},
+            batch.checkpoints,
+            plan.counters,
+            plan.partition_max,
+            batch.history,
+            plan.record,
         )
     )
     _merge(store, merges)
@@ -210,16 +277,22 @@ def _frames(store: RedisOnlineStore, batch: WriteBatch) -> tuple[pl.DataFrame, p
     )
 
 
-def _applied_before(store: RedisOnlineStore, ids: pl.Series) -> pl.Series:
-    """Per id, whether ``meta:seen`` holds it."""
+def _applied_before(store: RedisOnlineStore, ids: pl.Series, previous: BulkPlan | None) -> pl.Series:
+    """Per id, whether it was applied before (see :func:`plan_bulk` for ``previous``)."""
     numbered = ids.to_frame("event_id").with_columns(command=pl.int_range(pl.len()) // ID_STEP)
     checks = variadic(
         numbered, "command", literal("ZMSCORE", store.keys.seen), 2, bulk(pl.col("event_id")), 1
     )
-    found: list[bool] = []
+    if previous is None:
+        found: list[bool] = []
+        for reply in _send_trips(store, round_trips(checks, ROUND_TRIP_COMMANDS)):
+            found += [score is not None for score in reply]
+        return pl.Series(found, dtype=pl.Boolean)
+    scores: list[float | None] = []
     for reply in _send_trips(store, round_trips(checks, ROUND_TRIP_COMMANDS)):
-        found += [score is not None for score in reply]
-    return pl.Series(found, dtype=pl.Boolean)
+        scores += [None if score is None else float(score) for score in reply]  # RESP2 sends text
+    held = pl.Series(scores, dtype=pl.Float64) >= previous.trim
+    return held.fill_null(False) | ids.is_in(previous.recorded.get_column("event_id").implode())
 
 
 def _event_commands(entries: pl.DataFrame, written: pl.DataFrame, trim: int, ttl: int) -> pl.Series:

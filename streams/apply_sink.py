@@ -49,7 +49,7 @@ from sinks.online import (
     PartitionCheckpoint,
     WriteBatch,
 )
-from sinks.redis_bulk import finish_merge, write_bulk
+from sinks.redis_bulk import BulkPlan, apply_bulk, finish_merge, plan_bulk
 from sinks.redis_online import RedisOnlineStore
 from streams.classify_batch import LATE, LATE_REASON, OFFSET, ClassifiedBatch
 from streams.event_time import Classified, Fate
@@ -155,6 +155,11 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         self._chunk_records = settings.stream.apply_chunk_records
         self._gathered: list[ClassifiedBatch] = []
         self._gathered_records = 0
+        # A chunk is planned (sinks.redis_bulk.plan_bulk: which events it applies, their commands) on a
+        # thread of its own, mostly in polars, which frees the GIL: chunk k+1 is planned while the online
+        # writer sends chunk k.
+        self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-planner")
+        self._last_plan: BulkPlan | None = None
         if self._materialize:
             finish_merge(store)  # a bulk write stopped after its commit left ids to record
 
@@ -207,14 +212,25 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
             batch.history = tuple(spans)
         self._settle(self._online, keep=_MAX_IN_FLIGHT - 1)
         self._settle(self._history, keep=_MAX_HISTORY_LAG - 1)
-        if self._chunk_records:  # planned on the writer's thread, mostly in polars, which frees the GIL
-            write = partial(write_bulk, self._store, batch)
+        if self._chunk_records:
+            planned = self._planner.submit(self._plan, batch, list(self._online))
+            write = partial(self._apply_planned, planned)
         else:  # encoded here, so this thread's next batch overlaps the round trip, not the encoding
             write = partial(self._store.write_prepared, self._store.prepare(batch))
         online_write = self._online_writer.submit(self._apply_online, write, batch.checkpoints, records)
         self._online.append(online_write)
         if batch.history is not None:
             self._history.append(self._history_writer.submit(self._write_history, history, online_write))
+
+    def _plan(self, batch: WriteBatch, earlier: list[Future[int | None]]) -> BulkPlan:
+        # plan_bulk's condition: of the writes before this chunk's, only the last may be under way.
+        wait(earlier[:-1])
+        plan = plan_bulk(self._store, batch, self._last_plan)
+        self._last_plan = plan
+        return plan
+
+    def _apply_planned(self, planned: Future[BulkPlan]) -> int | None:
+        return apply_bulk(self._store, planned.result())
 
     def _write_history(
         self, history: list[tuple[str, pl.DataFrame]], online_write: Future[int | None]
@@ -289,6 +305,7 @@ class _ApplyPartition(StatelessSinkPartition[ClassifiedBatch]):
         finally:
             self._history_writer.shutdown()
             self._online_writer.shutdown()
+            self._planner.shutdown()
         self._committer.close()
         if self._offline is not None:
             self._offline.close()

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from highwater.settings import Settings
-from sinks.online import WriteBatch
-from sinks.redis_bulk import finish_merge, write_bulk
+from sinks.online import HistorySpan, PartitionCheckpoint, WriteBatch
+from sinks.redis_bulk import BulkPlan, apply_bulk, finish_merge, plan_bulk, write_bulk
 from tests.state import every_key
-from tests.write_schedules import batches, stopped_by_a_wrong_type_key, store_for
+from tests.write_schedules import MINUTE, T0, applied_event, batches, stopped_by_a_wrong_type_key, store_for
 
 pytestmark = pytest.mark.stack
 
@@ -70,6 +70,66 @@ def test_bulk_writes_split_into_small_commands_leave_the_same_state(
     bulk = store_for(stack, "bulk-small-bulk", sys.maxsize)
     for batch in _merged(batches(5), 5):
         assert script.write(batch) == write_bulk(bulk, batch)
+    assert every_key(stack, bulk.keys.generation) == every_key(stack, script.keys.generation)
+
+
+@pytest.mark.parametrize(("seed", "planned"), [(1, "before"), (2, "before"), (6, "before"), (3, "after")])
+def test_chunks_planned_while_the_one_before_is_sent_leave_the_same_state(
+    stack: Settings, redis_client: redis.Redis, seed: int, planned: str
+) -> None:
+    """A replay plans chunk k+1 while Redis applies chunk k (plan_bulk with ``previous``). Planned before
+    chunk k's write has sent anything, or after all of it, each chunk applies what the script would."""
+    script = store_for(stack, f"bulk-planned-script-{seed}", sys.maxsize)
+    bulk = store_for(stack, f"bulk-planned-bulk-{seed}", sys.maxsize)
+    expected: list[int | None] = []
+    got: list[int | None] = []
+    previous: BulkPlan | None = None
+    for batch in _merged(batches(seed), 2):
+        expected.append(script.write(batch))
+        plan = plan_bulk(bulk, batch, previous)
+        if planned == "before" and previous is not None:
+            got.append(apply_bulk(bulk, previous))
+        if planned == "after":
+            got.append(apply_bulk(bulk, plan))
+        previous = plan
+    if planned == "before" and previous is not None:
+        got.append(apply_bulk(bulk, previous))
+    assert got == expected
+    assert every_key(stack, bulk.keys.generation) == every_key(stack, script.keys.generation)
+    assert script.counters()["duplicates"] > 0
+
+
+def test_an_id_trimmed_by_the_chunk_before_is_applied_again_though_planned_before_that_chunk_is_sent(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    """Chunk 2 moves the clock so far that its write trims chunk 1's id from ``meta:seen``; chunk 3,
+    planned while chunk 2 is not yet sent, carries that id again, within the horizon: it is applied."""
+    script = store_for(stack, "bulk-retrimmed-script", sys.maxsize)
+    bulk = store_for(stack, "bulk-retrimmed-bulk", sys.maxsize)
+    later = T0 + bulk.keep_ms + 10 * MINUTE
+    chunks = [
+        [applied_event("x", T0, "c1", "m1", 1.0)],
+        [applied_event("y", later, "c2", "m1", 2.0)],
+        [applied_event("x", later + MINUTE, "c3", "m2", 3.0)],
+    ]
+    schedule = [
+        WriteBatch(
+            events=events,
+            checkpoints=[PartitionCheckpoint("transactions", 0, n + 1, events[0].event_time_ms)],
+            counters={"applied": 1},
+            history=(HistorySpan("transactions", 0, n, n + 1, None),),
+        )
+        for n, events in enumerate(chunks)
+    ]
+    for batch in schedule:
+        script.write(batch)
+    first = plan_bulk(bulk, schedule[0])
+    apply_bulk(bulk, first)
+    second = plan_bulk(bulk, schedule[1], first)
+    third = plan_bulk(bulk, schedule[2], second)
+    apply_bulk(bulk, second)
+    apply_bulk(bulk, third)
+    assert "duplicates" not in script.counters()
     assert every_key(stack, bulk.keys.generation) == every_key(stack, script.keys.generation)
 
 
