@@ -283,16 +283,15 @@ def _applied_before(store: RedisOnlineStore, ids: pl.Series, previous: BulkPlan 
     checks = variadic(
         numbered, "command", literal("ZMSCORE", store.keys.seen), 2, bulk(pl.col("event_id")), 1
     )
-    if previous is None:
-        found: list[bool] = []
-        for reply in _send_trips(store, round_trips(checks, ROUND_TRIP_COMMANDS)):
-            found += [score is not None for score in reply]
-        return pl.Series(found, dtype=pl.Boolean)
     scores: list[float | None] = []
     for reply in _send_trips(store, round_trips(checks, ROUND_TRIP_COMMANDS)):
         scores += [None if score is None else float(score) for score in reply]  # RESP2 sends text
-    held = pl.Series(scores, dtype=pl.Float64) >= previous.trim
-    return held.fill_null(False) | ids.is_in(previous.recorded.get_column("event_id").implode())
+    held = pl.Series(scores, dtype=pl.Float64)
+    if previous is None:
+        return held.is_not_null()
+    return (held >= previous.trim).fill_null(False) | ids.is_in(
+        previous.recorded.get_column("event_id").implode()
+    )
 
 
 def _event_commands(entries: pl.DataFrame, written: pl.DataFrame, trim: int, ttl: int) -> pl.Series:
