@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -190,8 +190,8 @@ class BatchDecoder:
         if schema is None:
             schema = self._schemas[topic] = polars_schema(topic, self._catalog)
         errors: dict[int, SerdeError] = {}
-        groups: dict[int, Sequence[int]]
-        sizes: np.ndarray | None = None
+        groups: Mapping[int, Sequence[int]]
+        sizes: np.ndarray | None = None  # set when the one group is the whole batch
         column = pl.Series(values, dtype=pl.Binary)
         framing = _framing(values[0]) if values else None
         if framing is not None and not column.null_count() and column.bin.starts_with(framing).all():
@@ -217,7 +217,7 @@ class BatchDecoder:
 
     def _groups(
         self, topic: str, values: Sequence[bytes | None], errors: dict[int, SerdeError]
-    ) -> dict[int, Sequence[int]]:
+    ) -> dict[int, list[int]]:
         """The rows of ``values`` by schema id, one value at a time; framing errors go to ``errors``."""
         groups: dict[int, list[int]] = {}
         for row, value in enumerate(values):
@@ -231,7 +231,7 @@ class BatchDecoder:
                 groups[schema_id] = [row]
             else:
                 rows.append(row)
-        return dict(groups)
+        return groups
 
     def _block_layout(self, topic: str, schema_id: int) -> _Block | None:
         key = (schema_id, topic)
@@ -268,14 +268,14 @@ class BatchDecoder:
         sizes: np.ndarray | None,
     ) -> pl.DataFrame | None:
         """The values at ``rows`` (all of one schema id) read as one block, or None if it cannot prove
-        every record; ``sizes``: the length of every value of the batch, when ``rows`` are all of them."""
+        every record; ``sizes``: the length of every value, given only when ``rows`` are all of them."""
         layout = self._block_layout(topic, schema_id)
         if layout is None:
             return None
         header, fields, size_inputs = layout
-        every = isinstance(rows, range) and len(rows) == len(values)
+        whole = sizes is not None
         # Rows of one schema id hold no None (a None has no framing, so no schema id).
-        data = b"".join(cast("Sequence[bytes]", values if every else [values[row] for row in rows]))
+        data = b"".join(cast("Sequence[bytes]", values if whole else [values[row] for row in rows]))
         container = header + _zigzag_varint(len(rows)) + _zigzag_varint(len(data)) + data + _SYNC
         try:
             frame = pl.read_avro(io.BytesIO(container))
@@ -283,12 +283,12 @@ class BatchDecoder:
             return None
         if frame.height != len(rows) or frame.columns != [_HEADER_FIELD, *schema.names()]:
             return None
-        if sizes is None or not every:
+        if sizes is None:
             sizes = np.fromiter((len(values[row]) for row in rows), np.int64, len(rows))  # type: ignore[arg-type]
         frame = frame.drop(_HEADER_FIELD)
         if not np.array_equal(encoded_sizes(frame, fields, size_inputs) + _HEADER_SIZE, sizes):
             return None
-        positions = np.arange(len(values), dtype=np.uint32) if every else np.asarray(rows, np.uint32)
+        positions = np.arange(len(values), dtype=np.uint32) if whole else np.asarray(rows, np.uint32)
         return frame.cast(schema).with_columns(pl.Series(ROW, positions))
 
     def _read_one_by_one(

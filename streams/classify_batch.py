@@ -144,18 +144,19 @@ class BatchClassifier:
             record = late_record(raw.record(row), event, event_time, bound - event_time, before, policy)
             routed.append((row, record))
             reasons[position] = record.reason
+        start = _NO_CLOCK if clock.max_event_time_ms is None else clock.max_event_time_ms
+        end = max(start, int(times.max())) if times.size else start  # the clock after the batch
         if malformed:
             # A malformed record carries the clock after the valid rows before it.
-            start = _NO_CLOCK if clock.max_event_time_ms is None else clock.max_event_time_ms
-            after = np.append(clocks, max(start, times.max()) if times.size else start)
+            after = np.append(clocks, end)
             for row in sorted(malformed):
                 at = int(after[np.searchsorted(rows, row)])
                 kind, reason = malformed[row]
                 before = PartitionClock(None if at == _NO_CLOCK else at)
                 routed.append((row, malformed_record(before, raw.record(row), kind, reason)))
             routed.sort(key=lambda pair: pair[0])
-        if times.size:
-            clock.observe(int(times.max()))
+        if end != _NO_CLOCK:
+            clock.observe(end)
 
         offsets = raw.offsets
         n_late = int(late_at.size)
