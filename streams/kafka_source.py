@@ -26,6 +26,7 @@ from highwater.topics import partitions_of
 from streams.classify_batch import RawBatch
 
 _IDLE_BACKOFF = timedelta(milliseconds=5)
+_WATERMARK_FETCH_WAIT_MS = 10
 
 
 def data_messages(messages: Iterable[Message]) -> Iterator[Message]:
@@ -62,7 +63,9 @@ def log_end_offsets(settings: Settings, topic: str, wait_s: float = 5.0) -> dict
     Tansu 0.6 answers ListOffsets(latest) with a wrong offset (always 1), while the high watermark in
     its fetch responses is right; reading it from a fetch works on every broker.
     """
-    consumer = _consumer(settings)
+    # An empty partition's fetch is answered only after fetch.wait.max.ms (librdkafka's default 500 ms):
+    # only the response's high watermark is wanted here, not records.
+    consumer = _consumer(settings, **{"fetch.wait.max.ms": _WATERMARK_FETCH_WAIT_MS})
     try:
         partitions = partitions_of(settings, topic)
         lows = {
