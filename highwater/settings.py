@@ -69,8 +69,8 @@ class StreamSettings(BaseModel):
         0,
         ge=0,
         description="0: each polled batch is applied online as it comes (the live job: freshness). N: "
-        "batches are gathered into chunks of at least N records, each written in bulk (replays set it "
-        "from replay_chunk_records).",
+        "batches are gathered into chunks of at least N records (the first: N/4, so the writers start "
+        "early), each written in bulk (replays set it from replay_chunk_records).",
     )
     replay_chunk_records: int = Field(
         250_000,

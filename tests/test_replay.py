@@ -123,6 +123,29 @@ def test_a_replay_killed_half_way_resumes_to_the_same_state(live: Settings, repl
     drop(live, "r2")
 
 
+def test_a_replay_writes_a_smaller_first_chunk(live: Settings) -> None:
+    """The first bulk write is a quarter of the others, so the writers start early (streams.apply_sink)."""
+    chunked = live.model_copy(deep=True)
+    chunked.stream.replay_batch_size = 50
+    chunked.stream.replay_chunk_records = 2_000
+
+    replay(chunked, "r5", show_progress=False)
+
+    store = ClickHouseOfflineStore.from_settings(live)
+    try:
+        rows = store.query_arrow(
+            "SELECT apply_seq, count() AS n FROM {transactions} FINAL GROUP BY apply_seq ORDER BY apply_seq",
+            "r5",
+        ).to_pylist()
+    finally:
+        store.close()
+    sizes = [row["n"] for row in rows]
+    # Chunks are whole polls of at most 50 records per partition; labels count towards a chunk too.
+    assert 300 <= sizes[0] <= 1_000, sizes
+    assert all(n >= 1_800 for n in sizes[1:-1]), sizes
+    drop(live, "r5")
+
+
 def test_a_replay_up_to_positions_stops_there(live: Settings) -> None:
     store = RedisOnlineStore.from_settings(live)
     ends = {p: c.next_offset // 2 for p, c in store.checkpoints(TRANSACTIONS).items()}
