@@ -99,6 +99,25 @@ def test_chunks_planned_while_the_one_before_is_sent_leave_the_same_state(
     assert script.counters()["duplicates"] > 0
 
 
+def test_a_run_of_chunks_checks_the_ids_recorded_before_it(
+    stack: Settings, redis_client: redis.Redis
+) -> None:
+    """The first plan of a run reads ``meta:seen`` whole (here as scripts left it, like a live job or a
+    stopped replay); the later plans carry it on. Ids applied before the run are duplicates."""
+    script = store_for(stack, "bulk-resumed-script", sys.maxsize)
+    resumed = store_for(stack, "bulk-resumed-bulk", sys.maxsize)
+    chunks = _merged(batches(2), 2)
+    previous: BulkPlan | None = None
+    for n, batch in enumerate(chunks):
+        expected = script.write(batch)
+        if n < len(chunks) // 2:
+            assert resumed.write(batch) == expected
+        else:
+            previous = plan_bulk(resumed, batch, previous)
+            assert apply_bulk(resumed, previous) == expected
+    assert every_key(stack, resumed.keys.generation) == every_key(stack, script.keys.generation)
+
+
 def test_an_id_trimmed_by_the_chunk_before_is_applied_again_though_planned_before_that_chunk_is_sent(
     stack: Settings, redis_client: redis.Redis
 ) -> None:
