@@ -238,9 +238,10 @@ def main() -> None:
         "The replay is the stream job itself with a generation of its own (keys, tables, consumer group), "
         "larger batches (stream.replay_batch_size) and no second routing of late and malformed records: it "
         "reads and classifies as the live job does, batch by batch as columns (streams.classify_batch), "
-        "then gathers chunks of stream.replay_chunk_records records and writes each online in bulk "
-        "(sinks.redis_bulk: plain ZADDs per key and chunk encoded by polars, the state one apply script of "
-        "the chunk would leave) and to history in one insert.",
+        "then gathers chunks of stream.replay_chunk_records records (the first a quarter of that, so the "
+        "writers start early) and writes each online in bulk (sinks.redis_bulk: plain ZADDs per key and "
+        "chunk encoded by polars, ids checked against the index the writer carries, the state one apply "
+        "script of the chunk would leave) and to history in one insert.",
         *(f"verify difference: {e}" for e in examples),
         f"Replay reaches {replayed.rate / raw_rate:.0%} of the same-run raw consume+batch decode rate (one "
         "consumer, decoding on one thread, nothing written); the target would need "
