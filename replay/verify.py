@@ -61,7 +61,7 @@ from replay.generations import online_generations
 from sinks.clickhouse_offline import ClickHouseOfflineStore, table_name
 from sinks.offline import UnknownGenerationError
 from sinks.online import FeatureValue, OnlineRead, PartitionCheckpoint
-from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore, text
+from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore, split_withscores, text
 from streams.features import REGISTRY, EntityLayout, FeatureRegistry
 
 DEFAULT_AS_OF_OFFSETS_MS = (0, -3_600_000, -23 * 3_600_000)
@@ -345,7 +345,7 @@ def _compare_events(
     n = len(ids)
     for entity_id, events_a, events_b in zip(ids, answers[:n], answers[n:], strict=True):
         if events_a == events_b:
-            report.events += len(_pairs(events_a))
+            report.events += len(split_withscores(events_a)[0])
             continue
         parsed_a, parsed_b = _events_by_id(events_a, fields_a), _events_by_id(events_b, fields_b)
         report.events += len(parsed_a.keys() | parsed_b.keys())
@@ -388,17 +388,10 @@ def _comparable_features(
     return both
 
 
-def _pairs(answer: Sequence[Any]) -> Sequence[Any]:
-    """``[(member, score), ...]`` of a raw ZRANGE WITHSCORES answer (RESP3 pairs, or RESP2's flat list)."""
-    if answer and isinstance(answer[0], bytes | str):
-        return list(zip(answer[::2], answer[1::2], strict=True))
-    return answer
-
-
 def _events_by_id(events: Sequence[Any], fields: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """Event id -> its time and fields, from one events key's raw ZRANGE WITHSCORES answer."""
     parsed: dict[str, dict[str, Any]] = {}
-    for member, score in _pairs(events):
+    for member, score in zip(*split_withscores(events), strict=True):
         event_id, *values = text(member).split(FIELD_SEPARATOR)
         named: dict[str, str] | list[str] = (
             dict(zip(fields, values, strict=False)) if fields is not None else values
@@ -457,10 +450,12 @@ def _zset(client: redis.Redis, key: str) -> dict[str, int]:
     found: dict[str, int] = {}
     start = 0
     while True:
-        chunk = _pairs(client.execute_command("ZRANGE", key, start, start + SEEN_CHUNK - 1, "WITHSCORES"))
-        for member, score in chunk:
+        members, scores = split_withscores(
+            client.execute_command("ZRANGE", key, start, start + SEEN_CHUNK - 1, "WITHSCORES")
+        )
+        for member, score in zip(members, scores, strict=True):
             found[text(member)] = int(float(score))
-        if len(chunk) < SEEN_CHUNK:
+        if len(members) < SEEN_CHUNK:
             return found
         start += SEEN_CHUNK
 

@@ -52,7 +52,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any, NamedTuple
@@ -63,7 +63,7 @@ import polars as pl
 
 from sinks.online import WriteBatch
 from sinks.redis_lua import EDIT_SORTED_SETS, TILE_MIN_EVENTS
-from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore
+from sinks.redis_online import FIELD_SEPARATOR, RedisOnlineStore, split_withscores
 from sinks.resp import bulk, literal, round_trips, variadic
 
 ID_STEP = 5_000
@@ -293,22 +293,13 @@ def _read_seen(store: RedisOnlineStore) -> pl.DataFrame:
     ids: list[bytes] = []
     times: list[Any] = []
     for reply in _send(store, pages):
-        members, scores = _scored(reply)
+        members, scores = split_withscores(reply)
         ids += members
         times += scores
     return pl.DataFrame(
         {"event_time": _times(times), "event_id": pl.Series(ids, dtype=pl.Binary).cast(pl.String)},
         schema={"event_time": pl.Int64, "event_id": pl.String},
     )
-
-
-def _scored(reply: list[Any]) -> tuple[Sequence[bytes], Sequence[Any]]:
-    """The members and scores of a WITHSCORES reply: [member, score] pairs (RESP3, redis-py's default)
-    or members and scores in turn (RESP2, scores as text)."""
-    if reply and isinstance(reply[0], list):
-        members, scores = zip(*reply, strict=True)
-        return members, scores
-    return reply[::2], reply[1::2]
 
 
 def _times(scores: list[Any]) -> pl.Series:
@@ -425,7 +416,7 @@ def _read_spans(store: RedisOnlineStore, tiled: list[_TiledEntity]) -> list[pl.D
         members: list[bytes] = []
         scores: list[Any] = []  # floats (RESP3) or their text (RESP2)
         for reply in islice(replies, len(keys)):
-            held_members, held_scores = _scored(reply)
+            held_members, held_scores = split_withscores(reply)
             members += held_members
             scores += held_scores
             counts.append(len(held_members))

@@ -759,6 +759,20 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def split_withscores(reply: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
+    """The members and the scores of a ``ZRANGE ... WITHSCORES`` reply, whichever protocol sent it:
+    RESP3 (redis-py's default) sends [member, score] pairs, RESP2 members and scores (as text) in turn.
+
+    Example:
+        >>> split_withscores([[b"a", 1.0], [b"b", 2.0]]), split_withscores([b"a", b"1", b"b", b"2"])
+        (((b'a', b'b'), (1.0, 2.0)), ([b'a', b'b'], [b'1', b'2']))
+    """
+    if reply and isinstance(reply[0], list):
+        members, scores = zip(*reply, strict=True)
+        return members, scores
+    return reply[::2], reply[1::2]
+
+
 def _listed(block: EventColumns) -> EventColumns:
     """``block`` with its polars columns as lists: listed at once, not iterated value by value."""
 
